@@ -1,0 +1,78 @@
+"""Cutting buffered events into request bodies.
+
+This module owns the shape of a batch request: ``{"events": [...]}`` built by joining the
+events' stored JSON (no event is serialized a second time), each body at most
+``max_batch_bytes``, each batch with its own ``Idempotency-Key``. It does not own
+sending, retrying or what happens to a batch that fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+
+from ._encoding import Record, render_event, render_events, rendered_size
+
+_BODY_OPEN = b'{"events":['
+_BODY_CLOSE = b"]}"
+_ENVELOPE_BYTES = len(_BODY_OPEN) + len(_BODY_CLOSE)
+
+
+class Batch:
+    """Events bound for one request, with the key every attempt of that request carries."""
+
+    __slots__ = ("body", "first", "idempotency_key", "records")
+
+    def __init__(self, records: list[Record], idempotency_key: str, first: int = 0) -> None:
+        self.records = records
+        self.idempotency_key = idempotency_key
+        #: The number of its first event, in the order events were taken from the buffer.
+        self.first = first
+        parts = [_BODY_OPEN]
+        render_events(parts, records)
+        parts.append(_BODY_CLOSE)
+        self.body = b"".join(parts)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def events(self) -> list[bytes]:
+        """Each event's complete JSON object, in the order tracked (for dead letters)."""
+        return [render_event(record) for record in self.records]
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """Two batches of half the events each, for a server that refused this one as too large.
+
+        The halves' keys derive from this batch's key, so a split replayed after a crash
+        carries the same keys again.
+        """
+        middle = len(self.records) // 2
+        return (
+            Batch(self.records[:middle], f"{self.idempotency_key}.0", self.first),
+            Batch(self.records[middle:], f"{self.idempotency_key}.1", self.first + middle),
+        )
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex
+
+
+def assemble_batches(records: Sequence[Record], max_batch_bytes: int) -> Iterator[Batch]:
+    """Batches of ``records``, in order, each body at most ``max_batch_bytes`` long.
+
+    An event is never split, so one event larger than ``max_batch_bytes`` travels alone;
+    ``max_event_bytes`` (checked at ``track()``) keeps that from happening with the defaults.
+    """
+    start = 0
+    size = _ENVELOPE_BYTES
+    for position, record in enumerate(records):
+        # Each event after the first also costs its separating comma.
+        event_size = rendered_size(record) + (1 if position > start else 0)
+        if position > start and size + event_size > max_batch_bytes:
+            yield Batch(list(records[start:position]), new_idempotency_key())
+            start = position
+            size = _ENVELOPE_BYTES
+            event_size -= 1
+        size += event_size
+    if start < len(records):
+        yield Batch(list(records[start:]), new_idempotency_key())

@@ -1,0 +1,22 @@
+"""The ``segops-fast`` command: argument parsing and dispatch to one module per subcommand.
+
+Exit status: 0 success, 1 the command ran but its check failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _demo, _serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="segops-fast", description="The segops_fast ingestion client's tools."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve.add_parser(commands)
+    _demo.add_parser(commands)
+    arguments = parser.parse_args(argv)
+    result: int = arguments.run(arguments)
+    return result

@@ -1,0 +1,67 @@
+"""``segops-fast serve``: run a LocalIngestServer until interrupted, then print its counts."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+import orjson
+
+from ..testing import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, LocalIngestServer, PublicKey
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run a local SegOps ingest server (for tests and demos)",
+        description="Serve the SegOps ingestion API on 127.0.0.1 until SIGINT or SIGTERM; "
+        "the first line printed is 'listening on URL', the last the counts as JSON.",
+    )
+    parser.add_argument("--port", type=int, default=8008, help="0 picks a free port (default 8008)")
+    parser.add_argument(
+        "--secret-key",
+        action="append",
+        dest="secret_keys",
+        metavar="SK",
+        help=f"accept this sk_ key (repeatable; default {DEFAULT_SECRET_KEY})",
+    )
+    parser.add_argument(
+        "--public-key",
+        action="append",
+        dest="public_keys",
+        metavar="PK[:HMAC_HEX]",
+        help=f"accept this pk_ key, optionally with its HMAC secret (default {DEFAULT_PUBLIC_KEY})",
+    )
+    parser.add_argument(
+        "--require-signed",
+        action="store_true",
+        help="public keys with an HMAC secret refuse sessions without a signed user id",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    public_keys: dict[str, PublicKey] = {}
+    for text in arguments.public_keys or [DEFAULT_PUBLIC_KEY]:
+        key, _, secret = text.partition(":")
+        public_keys[key] = PublicKey(
+            hmac_secret=secret or None,
+            require_signed_user_id=bool(secret) and arguments.require_signed,
+        )
+    server = LocalIngestServer(
+        port=arguments.port,
+        secret_keys=tuple(arguments.secret_keys or [DEFAULT_SECRET_KEY]),
+        public_keys=public_keys,
+    )
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    with server:
+        print(f"listening on {server.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        sys.stdout.write(orjson.dumps(server.summary()).decode() + "\n")
+    return 0

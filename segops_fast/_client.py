@@ -1,0 +1,408 @@
+"""``SegOpsClient``: the public face, wired to one delivery pipeline per process.
+
+This module owns the public API (the reference SDK's, plus bounded queues, dead letters
+and stats), the full-queue and after-shutdown policies, the user's callbacks, and
+replacing the whole pipeline in a forked child. Encoding, buffering, sending and
+retrying live in their own modules; this one only connects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from types import TracebackType
+from typing import Any, Callable
+
+import orjson
+
+from . import _lifecycle
+from ._batching import new_idempotency_key
+from ._delivery import REASON_FAILED, Delivery, GivenUp, RetryPolicy
+from ._encoding import Record, context_fields, encode_event, event_fields, render_event
+from ._errors import InvalidEventError, SegOpsApiError
+from ._flusher import Flusher
+from ._options import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    Options,
+)
+from ._session import SessionManager, anonymous_user
+from ._stats import DeliveryCounters, Stats
+from ._transport import Transport
+from ._types import Context, Event, UserContext
+
+logger = logging.getLogger("segops_fast")
+
+#: Why events were dropped before a request was made, as passed to ``on_drop``.
+REASON_QUEUE_FULL = "queue_full"
+REASON_CLOSED = "closed"
+
+#: At most one queue-full report a second: a full queue can refuse thousands of events.
+_QUEUE_FULL_REPORT_INTERVAL = 1.0
+
+OnError = Callable[[BaseException], None]
+OnDrop = Callable[[list[dict[str, Any]], str], None]
+
+
+def _log_error(error: BaseException) -> None:
+    logger.error("%s", error)
+
+
+class _Reporter:
+    """The user's callbacks, called so that nothing they raise reaches our threads."""
+
+    def __init__(self, on_error: OnError | None, on_drop: OnDrop | None) -> None:
+        self._on_error: OnError = on_error or _log_error
+        self._on_drop = on_drop
+
+    def error(self, error: BaseException) -> None:
+        try:
+            self._on_error(error)
+        except Exception:
+            logger.exception("SegOps: the on_error callback raised")
+
+    def dropped(self, events: list[bytes], reason: str) -> None:
+        if self._on_drop is None:
+            return
+        try:
+            self._on_drop([orjson.loads(event) for event in events], reason)
+        except Exception:
+            logger.exception("SegOps: the on_drop callback raised")
+
+
+class _Pipeline:
+    """Everything that belongs to one process: a fork replaces it whole, never mends it.
+
+    Nothing here refers back to the client, so a client dropped without ``shutdown()``
+    can be garbage-collected while its thread finishes sending.
+    """
+
+    def __init__(
+        self, options: Options, get_user: Callable[[], UserContext], reporter: _Reporter
+    ) -> None:
+        self.reporter = reporter
+        self.counters = DeliveryCounters()
+        self.transport = Transport(
+            options.api_url, timeout=options.timeout, max_connections=options.max_in_flight
+        )
+        self.session = (
+            SessionManager(options.api_key, get_user, self.transport)
+            if options.uses_session
+            else None
+        )
+        self.give_up_now = threading.Event()
+        self.delivery = Delivery(
+            transport=self.transport,
+            api_key=options.api_key,
+            session=self.session,
+            policy=RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap),
+            counters=self.counters,
+            give_up_now=self.give_up_now,
+        )
+        self.flusher = Flusher(
+            delivery=self.delivery,
+            counters=self.counters,
+            capacity=options.max_queue_size,
+            batch_size=options.batch_size,
+            flush_interval=options.flush_interval,
+            max_batch_bytes=options.max_batch_bytes,
+            max_in_flight=options.max_in_flight,
+            give_up_now=self.give_up_now,
+            on_given_up=self.settle,
+            report_error=reporter.error,
+        )
+
+    def settle(self, given_up: GivenUp) -> None:
+        """Count events that will not be delivered, and tell the user."""
+        count = len(given_up.events)
+        if given_up.reason == REASON_FAILED:
+            self.counters.failed_in_flight(count)
+        else:
+            self.counters.dropped_in_flight(count)
+        self.reporter.dropped(given_up.events, given_up.reason)
+        self.reporter.error(given_up.error)
+
+    def stop_soon(self) -> None:
+        """The client was garbage-collected unclosed: send what is left, then end the thread."""
+        self.flusher.buffer.close()
+        self.flusher.stop()
+
+
+class SegOpsClient:
+    """Sends user events to SegOps from a background thread; safe for concurrent use.
+
+    ``track()`` validates and serializes the event on the caller's thread, appends it to a
+    bounded in-memory buffer and returns: it never does network I/O and never blocks
+    (unless ``on_full="block"``). A background thread, started by the first event, sends
+    batches. Every event ends up acknowledged by the server, handed to ``on_drop``, or
+    counted in :meth:`stats` as dropped or failed.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        get_user: Callable[[], UserContext] | None = None,
+        batch: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        on_error: OnError | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        on_full: str = "drop",
+        on_drop: OnDrop | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        backoff_base: float = DEFAULT_BACKOFF_BASE,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        options = Options(
+            api_url=api_url.rstrip("/") if isinstance(api_url, str) else api_url,
+            api_key=api_key,
+            batch=batch,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            timeout=timeout,
+            max_queue_size=max_queue_size,
+            on_full=on_full,
+            max_batch_bytes=max_batch_bytes,
+            max_event_bytes=max_event_bytes,
+            max_in_flight=max_in_flight,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            shutdown_timeout=shutdown_timeout,
+        )
+        options.check()
+        self._options = options
+        # Copied out of the options: the hot path reads it on every call.
+        self._max_event_bytes = max_event_bytes
+        self._get_user = get_user or anonymous_user
+        self._reporter = _Reporter(on_error, on_drop)
+        self._closed = False
+        self._start_process_state()
+        _lifecycle.register(self)
+
+    # -- the reference API -----------------------------------------------------------------
+
+    def track(
+        self,
+        event: Event | dict[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+        event_type: str | None = None,
+        occurred_at: Any | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Enqueue one event, given as an :class:`Event`, a dict, or keyword fields.
+
+        Raises :class:`InvalidEventError` (a ``TypeError`` and a ``ValueError``) naming the
+        problem when the event cannot be sent; nothing is enqueued then. Never raises for
+        anything the server does.
+        """
+        if event is not None:
+            if (
+                user_id is not None
+                or event_type is not None
+                or occurred_at is not None
+                or payload is not None
+            ):
+                raise InvalidEventError("track() takes an event or keyword fields, not both")
+            user_id, event_type, occurred_at, payload = event_fields(event)  # type: ignore[assignment]
+        record = encode_event(user_id, event_type, occurred_at, payload, self._max_event_bytes)
+        if not self._append(record):
+            self._refused(record)
+
+    def identify(
+        self,
+        context: Context | dict[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+        traits: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a user's traits as a ``context_identified`` event whose payload is the traits."""
+        if context is not None:
+            if user_id is not None or traits is not None:
+                raise InvalidEventError("identify() takes a context or keyword fields, not both")
+            user_id, traits = context_fields(context)  # type: ignore[assignment]
+        self.track(user_id=user_id, event_type="context_identified", payload=traits)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every event enqueued before this call is acknowledged.
+
+        Raises :class:`SegOpsApiError` when some could not be delivered, or when
+        ``timeout`` seconds pass first; events not yet sent then stay queued.
+        """
+        if self._closed or not self._options.batch:
+            return
+        flusher = self._pipeline.flusher
+        self._refuse_from_own_thread(flusher, "flush")
+        request = flusher.request_flush()
+        if request is None:
+            return
+        if not request.wait(timeout):
+            raise SegOpsApiError(
+                f"SegOps: flush timed out after {timeout}s; undelivered events stay queued",
+                undelivered=self.stats().queued,
+            )
+        if request.error is not None:
+            raise _undelivered_error(request.undelivered, request.error)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Send everything queued and stop the background thread; idempotent.
+
+        Returns within ``timeout`` seconds (default: ``shutdown_timeout``). Events still
+        undelivered then are handed to ``on_drop`` and counted as dropped, and like events
+        the server refused they make this raise :class:`SegOpsApiError` with their count.
+        """
+        if self._closed:
+            return
+        pipeline = self._pipeline
+        flusher = pipeline.flusher
+        self._refuse_from_own_thread(flusher, "shutdown")
+        self._closed = True
+        self._finalizer.detach()
+        flusher.buffer.close()
+        request = flusher.request_flush()
+        flusher.stop()
+        deadline = self._options.shutdown_timeout if timeout is None else timeout
+        if not flusher.join(deadline):
+            pipeline.give_up_now.set()
+            undelivered = self.stats().queued
+            raise SegOpsApiError(
+                f"SegOps: shutdown deadline of {deadline}s passed with {undelivered} events "
+                "undelivered; they are handed to on_drop and counted as dropped",
+                undelivered=undelivered,
+            )
+        pipeline.transport.close()
+        if request is not None and request.error is not None:
+            raise _undelivered_error(request.undelivered, request.error)
+
+    def close(self) -> None:
+        """The same as :meth:`shutdown`."""
+        self.shutdown()
+
+    def reset_session(self) -> None:
+        """Forget the session token, so the next request mints one for the current user."""
+        session = self._pipeline.session
+        if session is not None:
+            session.invalidate()
+
+    def stats(self) -> Stats:
+        """Counters of this client in this process; see :class:`Stats`."""
+        pipeline = self._pipeline
+        buffer = pipeline.flusher.buffer
+        return pipeline.counters.snapshot(buffer.taken, len(buffer))
+
+    def __enter__(self) -> SegOpsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    # -- per-process state -------------------------------------------------------------------
+
+    def _start_process_state(self) -> None:
+        pipeline = _Pipeline(self._options, self._get_user, self._reporter)
+        self._pipeline = pipeline
+        # The hot path calls this attribute directly: no branch on the batch mode.
+        self._append: Callable[[Record], bool] = (
+            pipeline.flusher.buffer.append if self._options.batch else self._send_now
+        )
+        self._told_closed = False
+        self._last_full_report = 0.0
+        # Stops this process's thread if the client is dropped without shutdown(); holds
+        # the pipeline, not the client, so it never keeps the client alive.
+        self._finalizer = weakref.finalize(self, pipeline.stop_soon)
+        self._finalizer.atexit = False
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: events queued before the fork belong to the parent."""
+        self._finalizer.detach()
+        self._pipeline.transport.abandon_after_fork()
+        self._start_process_state()
+        if self._closed:
+            self._pipeline.flusher.buffer.close()
+
+    def _shutdown_at_exit(self) -> None:
+        try:
+            self.shutdown(self._options.shutdown_timeout)
+        except SegOpsApiError as error:
+            self._reporter.error(error)
+
+    # -- events that are not enqueued ------------------------------------------------------
+
+    def _send_now(self, record: Record) -> bool:
+        """``batch=False``: send on the caller's thread, as the reference SDK does."""
+        pipeline = self._pipeline
+        pipeline.counters.sending_synchronously(1)
+        given_up = pipeline.delivery.deliver_single(render_event(record), new_idempotency_key())
+        if given_up is not None:
+            pipeline.settle(given_up)
+        return True
+
+    def _refused(self, record: Record) -> None:
+        if self._options.on_full == "block" and not self._closed:
+            buffer = self._pipeline.flusher.buffer
+            while not self._closed:
+                buffer.wait_for_room(None)
+                if buffer.append(record):
+                    return
+        reason = REASON_CLOSED if self._closed else REASON_QUEUE_FULL
+        self._pipeline.counters.refused_at_track(1)
+        self._reporter.dropped([render_event(record)], reason)
+        if reason == REASON_CLOSED:
+            if not self._told_closed:
+                self._told_closed = True
+                self._reporter.error(
+                    RuntimeError("SegOps: track() after shutdown(); the event is dropped")
+                )
+        else:
+            now = time.monotonic()
+            if now - self._last_full_report >= _QUEUE_FULL_REPORT_INTERVAL:
+                self._last_full_report = now
+                self._reporter.error(
+                    RuntimeError(
+                        f"SegOps: queue full ({self._options.max_queue_size} events); "
+                        "dropping new events (see stats().dropped)"
+                    )
+                )
+
+    @staticmethod
+    def _refuse_from_own_thread(flusher: Flusher, method: str) -> None:
+        if flusher.is_own_thread:
+            raise RuntimeError(
+                f"SegOps: {method}() cannot be called from on_error or on_drop: "
+                "those run on the thread that would have to do the work"
+            )
+
+
+def _undelivered_error(undelivered: int, cause: BaseException) -> SegOpsApiError:
+    status = getattr(cause, "status", None)
+    body = getattr(cause, "body", "")
+    return SegOpsApiError(
+        f"SegOps: {undelivered} events could not be delivered: {cause}",
+        status=status,
+        body=body,
+        undelivered=undelivered,
+    )

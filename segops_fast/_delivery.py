@@ -1,0 +1,224 @@
+"""Getting one request's events acknowledged, or deciding to give them up.
+
+This module owns what a response means: which statuses are retried (429, 5xx, no
+response) and how long to wait between attempts (exponential backoff with full jitter,
+``Retry-After`` honoured up to the cap); 413 splits a batch in half; 401 re-mints a
+``pk_`` session once; anything else refuses the events at once. Every attempt of a
+request carries the same ``Idempotency-Key``. It does not own batching, threads, or what
+happens to events it gives up (the flusher hands them to ``on_drop`` and the counters).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from ._batching import Batch
+from ._errors import SegOpsApiError
+from ._session import SessionManager
+from ._stats import DeliveryCounters
+from ._transport import Response, Transport, TransportError
+
+BATCH_PATH = "/api/ingestion/track/batch/"
+SINGLE_PATH = "/api/ingestion/track/"
+
+#: Why events were given up, as passed to ``on_drop``.
+REASON_FAILED = "failed"
+REASON_SHUTDOWN_DEADLINE = "shutdown_deadline"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int
+    backoff_base: float
+    backoff_cap: float
+
+    def delay(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
+        asked = _retry_after_seconds(retry_after)
+        if asked is not None:
+            return min(asked, self.backoff_cap)
+        # Full jitter: spreads the retries of many clients over the whole window.
+        return random.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**attempt))
+
+
+@dataclass
+class GivenUp:
+    """Events that will not be delivered, and why."""
+
+    events: list[bytes]
+    reason: str
+    error: SegOpsApiError
+
+
+class SessionUnavailableError(Exception):
+    """No session token could be minted; the events in ``unsent`` stay queued."""
+
+    def __init__(self, error: BaseException, unsent: list[Batch]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.unsent = unsent
+
+
+@dataclass
+class _Failure:
+    reason: str
+    error: SegOpsApiError
+
+
+class _RetryableError(Exception):
+    def __init__(self, error: SegOpsApiError, retry_after: str | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Delivery:
+    """Sends requests for one client in one process."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        api_key: str,
+        session: SessionManager | None,
+        policy: RetryPolicy,
+        counters: DeliveryCounters,
+        give_up_now: threading.Event,
+    ) -> None:
+        self._transport = transport
+        self._api_key = api_key
+        self._session = session
+        self._policy = policy
+        self._counters = counters
+        # Set when the shutdown deadline has passed: no more waiting between attempts.
+        self._give_up_now = give_up_now
+
+    def deliver_batch(self, batch: Batch) -> list[GivenUp]:
+        """Send ``batch`` (split on 413); return what was given up, count what was acknowledged.
+
+        Raises :class:`SessionUnavailableError` carrying the batches not yet sent when no
+        session token can be had.
+        """
+        given_up: list[GivenUp] = []
+        # A stack, second half pushed first, so that split batches still go out in order.
+        remaining = [batch]
+        while remaining:
+            current = remaining.pop()
+            try:
+                outcome = self._send(
+                    BATCH_PATH, current.body, current.idempotency_key, len(current)
+                )
+            except _MintFailedError as failure:
+                raise SessionUnavailableError(
+                    failure.error, [current, *reversed(remaining)]
+                ) from None
+            if isinstance(outcome, Response) and outcome.status == 413 and len(current) > 1:
+                first, second = current.halves()
+                remaining.extend((second, first))
+            elif isinstance(outcome, Response):
+                self._counters.acknowledged(len(current), len(current.body))
+            else:
+                given_up.append(GivenUp(current.events(), outcome.reason, outcome.error))
+        return given_up
+
+    def deliver_single(self, event: bytes, idempotency_key: str) -> GivenUp | None:
+        """Send one event synchronously to the single-event endpoint (``batch=False``)."""
+        try:
+            outcome = self._send(SINGLE_PATH, event, idempotency_key, 1)
+        except _MintFailedError as failure:
+            error = SegOpsApiError(f"SegOps: no session token: {failure.error}", undelivered=1)
+            return GivenUp([event], REASON_FAILED, error)
+        if isinstance(outcome, Response):
+            self._counters.acknowledged(1, len(event))
+            return None
+        return GivenUp([event], outcome.reason, outcome.error)
+
+    def _send(
+        self, path: str, body: bytes, idempotency_key: str, events: int
+    ) -> Response | _Failure:
+        """The 2xx (or 413) response to ``body``, after retries; or why it was given up."""
+        attempt = 0
+        reminted = False
+        while True:
+            try:
+                response = self._attempt(path, body, idempotency_key)
+                if response.ok or response.status == 413:
+                    return response
+                if response.status == 401 and self._session is not None and not reminted:
+                    # The token may have been revoked or may have expired early: one re-mint.
+                    self._session.invalidate()
+                    reminted = True
+                    continue
+                return _Failure(REASON_FAILED, self._refusal(response, events))
+            except _RetryableError as retryable:
+                retryable.error.undelivered = events
+                if attempt >= self._policy.max_retries:
+                    return _Failure(REASON_FAILED, retryable.error)
+                delay = self._policy.delay(attempt, retryable.retry_after)
+                if self._give_up_now.wait(delay):
+                    return _Failure(REASON_SHUTDOWN_DEADLINE, retryable.error)
+                attempt += 1
+                self._counters.retry()
+
+    def _attempt(self, path: str, body: bytes, idempotency_key: str) -> Response:
+        if self._session is None:
+            authorization = f"ApiKey {self._api_key}"
+        else:
+            try:
+                authorization = self._session.authorization()
+            except (SegOpsApiError, TransportError) as error:
+                raise _MintFailedError(error) from None
+        headers = {"Authorization": authorization, "Idempotency-Key": idempotency_key}
+        try:
+            response = self._transport.post(path, body, headers)
+        except TransportError as error:
+            raise _RetryableError(SegOpsApiError(f"SegOps: no response: {error}"), None) from None
+        if response.status == 429 or response.status >= 500:
+            overloaded = SegOpsApiError(
+                f"SegOps: HTTP {response.status}: {response.text()}",
+                status=response.status,
+                body=response.text(),
+            )
+            raise _RetryableError(overloaded, response.retry_after)
+        return response
+
+    def _refusal(self, response: Response, events: int) -> SegOpsApiError:
+        detail = response.text()
+        if response.status == 401 and self._session is None:
+            detail = f"the server rejected API key {mask_key(self._api_key)}: {detail}"
+        return SegOpsApiError(
+            f"SegOps: HTTP {response.status}: {detail}",
+            status=response.status,
+            body=response.text(),
+            undelivered=events,
+        )
+
+
+class _MintFailedError(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def mask_key(api_key: str) -> str:
+    """``sk_...abcd``: enough to tell keys apart in a log, not enough to use one."""
+    prefix = api_key[:3] if api_key[:3] in ("sk_", "pk_") else ""
+    return f"{prefix}...{api_key[-4:]}"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())

@@ -1,0 +1,310 @@
+"""The background threads that empty the buffer into requests.
+
+This module owns the consumer side of the buffer: one flusher thread per client per
+process, started by the first event (so a process that never tracks has no thread of
+ours), sleeping until ``batch_size`` events wait or ``flush_interval`` passes, then
+cutting everything waiting into batches of at most ``max_batch_bytes``, oldest first.
+With ``max_in_flight`` above 1 it hands batches to that many sender threads, so that
+assembling the next batch overlaps with waiting for the server's answer to the last.
+It answers ``flush()`` and ``shutdown()`` requests and gives events up only through
+:class:`~segops_fast._delivery.GivenUp`. It does not own what a response means
+(:mod:`~segops_fast._delivery`) or the user's callbacks (the client's).
+
+Events are numbered in the order they were taken from the buffer. A flush is done when
+every event numbered below its target is *finished* (acknowledged or given up); the
+finished watermark is the lowest number still in a request or waiting for a session.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable
+
+from ._batching import Batch, assemble_batches
+from ._buffer import EventBuffer
+from ._delivery import (
+    REASON_FAILED,
+    REASON_SHUTDOWN_DEADLINE,
+    Delivery,
+    GivenUp,
+    SessionUnavailableError,
+)
+from ._encoding import Record
+from ._errors import SegOpsApiError
+from ._stats import DeliveryCounters
+
+
+class FlushRequest:
+    """A caller waiting until every event enqueued before its call has a known fate."""
+
+    def __init__(self, target: int) -> None:
+        #: The flush is done when every event numbered below this is finished.
+        self.target = target
+        self.undelivered = 0
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._done.wait(timeout)
+
+    def note_undelivered(self, first: int, count: int, error: BaseException) -> None:
+        """Events ``first`` to ``first + count`` are undelivered: count those this flush covers."""
+        covered = min(count, self.target - first)
+        if covered > 0:
+            self.undelivered += covered
+            self.error = error
+
+    def finish(self) -> None:
+        self._done.set()
+
+
+class Flusher:
+    """Consumes one :class:`EventBuffer` on background threads."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Delivery,
+        counters: DeliveryCounters,
+        capacity: int,
+        batch_size: int,
+        flush_interval: float,
+        max_batch_bytes: int,
+        max_in_flight: int,
+        give_up_now: threading.Event,
+        on_given_up: Callable[[GivenUp], None],
+        report_error: Callable[[BaseException], None],
+    ) -> None:
+        self.buffer = EventBuffer(capacity, batch_size, self._wake_up)
+        self._delivery = delivery
+        self._counters = counters
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_batch_bytes = max_batch_bytes
+        self._max_in_flight = max_in_flight
+        self._give_up_now = give_up_now
+        self._on_given_up = on_given_up
+        self._report_error = report_error
+        self._wake = threading.Event()
+        # Guards everything below. Producers never take it: only flush(), shutdown() and
+        # this module's own threads do.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        #: Set by the flusher thread as it ends; the senders end when they see it.
+        self._senders_may_exit = False
+        self._open_requests: list[FlushRequest] = []
+        #: Batches handed to senders but not yet taken by one.
+        self._to_send: deque[Batch] = deque()
+        #: First event number -> event count of each batch whose fate is not known.
+        self._in_flight: dict[int, int] = {}
+        #: Batches that wait for a session token, and the error that stopped them.
+        self._unsent: list[Batch] = []
+        self._session_error: BaseException | None = None
+        #: The number the next event taken from the buffer gets.
+        self._next_number = 0
+
+    # -- called by other threads ---------------------------------------------------------
+
+    def request_flush(self) -> FlushRequest | None:
+        """Ask for everything enqueued so far to be sent now; None if there is nothing."""
+        with self._lock:
+            target = self.buffer.taken + len(self.buffer)
+            if self._stopping or target <= self._finished_watermark():
+                return None
+            request = FlushRequest(target)
+            self._open_requests.append(request)
+        self._wake_up()
+        return request
+
+    def stop(self) -> None:
+        """Send what is left, then end the threads; the buffer must be closed already."""
+        with self._lock:
+            self._stopping = True
+            self._changed.notify_all()
+        self._wake.set()
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the flusher thread to end; True if it has (or never started)."""
+        if not self._threads:
+            return True
+        flusher_thread = self._threads[0]
+        flusher_thread.join(timeout)
+        return not flusher_thread.is_alive()
+
+    @property
+    def is_own_thread(self) -> bool:
+        return threading.current_thread() in self._threads
+
+    def _wake_up(self) -> None:
+        if not self._threads:
+            self._start_threads()
+        self._wake.set()
+
+    def _start_threads(self) -> None:
+        with self._lock:
+            if self._threads or self._stopping:
+                return
+            targets = [self._run]
+            if self._max_in_flight > 1:
+                targets += [self._run_sender] * self._max_in_flight
+            for number, target in enumerate(targets):
+                name = "segops-fast-flusher" if number == 0 else f"segops-fast-sender-{number}"
+                thread = threading.Thread(target=target, name=name)
+                thread.daemon = True
+                thread.start()
+                self._threads.append(thread)
+
+    # -- the flusher thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._give_up_now.is_set():
+                if self._cycle():
+                    return
+            self._give_up_everything_left()
+        finally:
+            with self._lock:
+                self._stopping = True
+                self._senders_may_exit = True
+                self._changed.notify_all()
+
+    def _cycle(self) -> bool:
+        """Sleep until due, send everything waiting, answer flushes; True when it is time to end."""
+        self._sleep_until_due()
+        stopping = self._stopping
+        with self._lock:
+            retry = self._unsent
+            self._unsent = []
+            self._session_error = None
+            records = [] if retry else self.buffer.take()
+            answerable = list(self._open_requests)
+        self._dispatch(retry + self._numbered_batches(records))
+        # Settling before the next cycle keeps the session error and the flush answers
+        # consistent; requests within one cycle still overlap.
+        with self._lock:
+            self._changed.wait_for(lambda: not self._in_flight)
+            blocked = self._session_error
+        if blocked is not None:
+            self._report_error(blocked)
+            if stopping:
+                # Shutting down and no token can be had: these cannot be delivered.
+                self._give_up_unsent(REASON_FAILED, blocked)
+        self._answer(answerable)
+        return stopping and not self._unsent and not len(self.buffer)
+
+    def _sleep_until_due(self) -> None:
+        # Cleared before the checks, so a wake-up that races with them is not lost.
+        self._wake.clear()
+        if self._stopping or self._open_requests:
+            return
+        self.buffer.arm()
+        if self._unsent or len(self.buffer) < self._batch_size:
+            self._wake.wait(self._flush_interval)
+        self.buffer.disarm()
+
+    def _numbered_batches(self, records: list[Record]) -> list[Batch]:
+        if not records:
+            return []
+        self._counters.taken(len(records))
+        batches = list(assemble_batches(records, self._max_batch_bytes))
+        for batch in batches:
+            batch.first = self._next_number
+            self._next_number += len(batch)
+        return batches
+
+    def _dispatch(self, batches: list[Batch]) -> None:
+        """Send ``batches`` in order, here or through the senders, max_in_flight at most."""
+        for batch in batches:
+            with self._lock:
+                if self._session_error is not None:
+                    # A sender found no session token: keep the rest for the next cycle.
+                    self._unsent.append(batch)
+                    continue
+                self._in_flight[batch.first] = len(batch)
+                if self._max_in_flight > 1:
+                    self._changed.wait_for(lambda: len(self._to_send) == 0)
+                    self._to_send.append(batch)
+                    self._changed.notify_all()
+                    continue
+            self._send(batch)
+
+    # -- sending (the flusher thread, or a sender thread) ------------------------------------
+
+    def _run_sender(self) -> None:
+        while True:
+            with self._lock:
+                self._changed.wait_for(lambda: bool(self._to_send) or self._senders_may_exit)
+                if not self._to_send:
+                    return
+                batch = self._to_send.popleft()
+                self._changed.notify_all()
+            self._send(batch)
+
+    def _send(self, batch: Batch) -> None:
+        try:
+            given_up = self._delivery.deliver_batch(batch)
+        except SessionUnavailableError as unavailable:
+            with self._lock:
+                self._session_error = unavailable.error
+                self._unsent.extend(unavailable.unsent)
+                self._unsent.sort(key=lambda waiting: waiting.first)
+                del self._in_flight[batch.first]
+                self._changed.notify_all()
+            return
+        for part in given_up:
+            self._give_up(part, batch.first)
+        with self._lock:
+            del self._in_flight[batch.first]
+            self._changed.notify_all()
+
+    # -- giving up and answering -------------------------------------------------------------
+
+    def _give_up(self, given_up: GivenUp, first: int) -> None:
+        if not given_up.events:
+            return
+        with self._lock:
+            for request in self._open_requests:
+                request.note_undelivered(first, len(given_up.events), given_up.error)
+        self._on_given_up(given_up)
+
+    def _give_up_unsent(self, reason: str, error: BaseException) -> None:
+        with self._lock:
+            unsent = self._unsent
+            self._unsent = []
+        for batch in unsent:
+            message = f"SegOps: {len(batch)} events undelivered: {error}"
+            failure = SegOpsApiError(message, undelivered=len(batch))
+            self._give_up(GivenUp(batch.events(), reason, failure), batch.first)
+
+    def _give_up_everything_left(self) -> None:
+        """The shutdown deadline passed: drop what waits, once the requests under way end."""
+        with self._lock:
+            self._changed.wait_for(lambda: not self._in_flight)
+            self._to_send.clear()
+            records = self.buffer.take()
+        self._give_up_unsent(REASON_SHUTDOWN_DEADLINE, SegOpsApiError("shutdown deadline passed"))
+        for batch in self._numbered_batches(records):
+            error = SegOpsApiError("shutdown deadline passed", undelivered=len(batch))
+            self._give_up(GivenUp(batch.events(), REASON_SHUTDOWN_DEADLINE, error), batch.first)
+
+    def _answer(self, requests: list[FlushRequest]) -> None:
+        if not requests:
+            return
+        with self._lock:
+            finished = self._finished_watermark()
+            for request in requests:
+                if finished < request.target and self._session_error is not None:
+                    request.note_undelivered(
+                        finished, request.target - finished, self._session_error
+                    )
+            self._open_requests = [r for r in self._open_requests if r not in requests]
+        for request in requests:
+            request.finish()
+
+    def _finished_watermark(self) -> int:
+        """Every event numbered below this is finished. Call with the lock held."""
+        waiting = [*self._in_flight, *(batch.first for batch in self._unsent)]
+        return min(waiting) if waiting else self._next_number

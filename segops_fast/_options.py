@@ -1,0 +1,85 @@
+"""The client's settings: their defaults, and the checks that refuse bad ones at construction.
+
+This module owns configuration only; nothing here runs after the client is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_BATCH_SIZE = 20
+DEFAULT_FLUSH_INTERVAL = 5.0
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_QUEUE_SIZE = 100_000
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024
+#: Two requests under way: the flusher assembles the next batch while the server reads the
+#: last, which nearly doubles throughput; more adds little unless the server is far away.
+DEFAULT_MAX_IN_FLIGHT = 2
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_BACKOFF_BASE = 0.5
+DEFAULT_BACKOFF_CAP = 30.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+ON_FULL_POLICIES = ("drop", "block")
+
+# The smallest request body that can hold one event of max_event_bytes: {"events":[...]}
+_BATCH_ENVELOPE_BYTES = 13
+
+
+@dataclass(frozen=True)
+class Options:
+    api_url: str
+    api_key: str
+    batch: bool
+    batch_size: int
+    flush_interval: float
+    timeout: float
+    max_queue_size: int
+    on_full: str
+    max_batch_bytes: int
+    max_event_bytes: int
+    max_in_flight: int
+    max_retries: int
+    backoff_base: float
+    backoff_cap: float
+    shutdown_timeout: float
+
+    @property
+    def uses_session(self) -> bool:
+        """A public key cannot write; it is exchanged for a session token first."""
+        return self.api_key.startswith("pk_")
+
+    def check(self) -> None:
+        """Raise ``ValueError`` (or ``TypeError``) naming the first unusable setting."""
+        if not isinstance(self.api_url, str) or not self.api_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"api_url must be an http:// or https:// URL, got {self.api_url!r}")
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise ValueError("api_key must be a non-empty str (sk_... or pk_...)")
+        _at_least("batch_size", self.batch_size, 1)
+        _positive("flush_interval", self.flush_interval)
+        _positive("timeout", self.timeout)
+        _at_least("max_queue_size", self.max_queue_size, 1)
+        if self.on_full not in ON_FULL_POLICIES:
+            raise ValueError(f"on_full must be one of {ON_FULL_POLICIES}, got {self.on_full!r}")
+        _at_least("max_event_bytes", self.max_event_bytes, 64)
+        _at_least(
+            "max_batch_bytes", self.max_batch_bytes, self.max_event_bytes + _BATCH_ENVELOPE_BYTES
+        )
+        _at_least("max_in_flight", self.max_in_flight, 1)
+        _at_least("max_retries", self.max_retries, 0)
+        _positive("backoff_base", self.backoff_base)
+        _at_least("backoff_cap", self.backoff_cap, self.backoff_base)
+        _at_least("shutdown_timeout", self.shutdown_timeout, 0)
+
+
+def _positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a number above 0, got {value!r}")
+
+
+def _at_least(name: str, value: float, minimum: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be a number of at least {minimum}, got {value!r}")

@@ -1,0 +1,102 @@
+"""Counting what happened to every event, so that none is lost without a trace.
+
+This module owns the delivery counters of one process and the :class:`Stats` snapshot the
+client returns. It does not count events on the hot path: how many were enqueued is
+derived from the buffer (taken plus still waiting), so ``track()`` pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of one client's counters in this process (they start at zero after a fork).
+
+    Once the client is idle, ``enqueued == sent + dropped + failed + queued``.
+    """
+
+    #: Valid events given to ``track()``/``identify()``, including those then dropped.
+    enqueued: int
+    #: Events the server acknowledged with a 2xx response.
+    sent: int
+    #: Events given up without a failed request: queue full, client closed, shutdown deadline.
+    dropped: int
+    #: Events the server refused, or that still failed after every retry.
+    failed: int
+    #: Requests sent again after a retryable failure.
+    retried: int
+    #: Requests the server acknowledged.
+    batches: int
+    #: Request body bytes the server acknowledged.
+    bytes_sent: int
+    #: Events waiting in the buffer or in a request not yet answered.
+    queued: int
+
+
+class DeliveryCounters:
+    """The counters of one process; every update is off the hot path, under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self.retried = 0
+        self.batches = 0
+        self.bytes_sent = 0
+        #: Events accepted by ``track()`` that never entered the buffer: dropped at once, or
+        #: sent synchronously (``batch=False``).
+        self.outside_buffer = 0
+        #: Events taken from the buffer whose fate is not known yet.
+        self.in_flight = 0
+
+    def taken(self, events: int) -> None:
+        with self._lock:
+            self.in_flight += events
+
+    def sending_synchronously(self, events: int) -> None:
+        with self._lock:
+            self.outside_buffer += events
+            self.in_flight += events
+
+    def acknowledged(self, events: int, body_bytes: int) -> None:
+        with self._lock:
+            self.in_flight -= events
+            self.sent += events
+            self.batches += 1
+            self.bytes_sent += body_bytes
+
+    def failed_in_flight(self, events: int) -> None:
+        with self._lock:
+            self.in_flight -= events
+            self.failed += events
+
+    def dropped_in_flight(self, events: int) -> None:
+        with self._lock:
+            self.in_flight -= events
+            self.dropped += events
+
+    def refused_at_track(self, events: int) -> None:
+        with self._lock:
+            self.outside_buffer += events
+            self.dropped += events
+
+    def retry(self) -> None:
+        with self._lock:
+            self.retried += 1
+
+    def snapshot(self, taken_from_buffer: int, waiting_in_buffer: int) -> Stats:
+        with self._lock:
+            return Stats(
+                enqueued=taken_from_buffer + waiting_in_buffer + self.outside_buffer,
+                sent=self.sent,
+                dropped=self.dropped,
+                failed=self.failed,
+                retried=self.retried,
+                batches=self.batches,
+                bytes_sent=self.bytes_sent,
+                queued=waiting_in_buffer + self.in_flight,
+            )

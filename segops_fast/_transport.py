@@ -1,0 +1,96 @@
+"""HTTP for one process: a pooled, keep-alive urllib3 connection pool to the SegOps API.
+
+This module owns connections: one pool per process, TCP_NODELAY and keep-alive on every
+socket, connect and read timeouts, and reading each response fully so its connection goes
+back to the pool. It sends bodies that are already bytes and never serializes anything.
+It does not own retries, authentication or what a status code means.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import urllib3
+from urllib3.connection import HTTPConnection
+from urllib3.exceptions import HTTPError as _Urllib3Error
+
+from ._version import __version__
+
+USER_AGENT = f"segops-fast/{__version__}"
+
+# urllib3's defaults already disable Nagle (TCP_NODELAY); keep-alive probes let a dead
+# peer be noticed on idle pooled connections.
+_SOCKET_OPTIONS = [
+    *HTTPConnection.default_socket_options,
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+]
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class TransportError(Exception):
+    """No response: the connection failed, was reset, or timed out."""
+
+
+class Transport:
+    """POSTs JSON bodies to one SegOps deployment over a connection pool."""
+
+    def __init__(self, api_url: str, *, timeout: float, max_connections: int) -> None:
+        url = urllib3.util.parse_url(api_url)
+        self._path_prefix = (url.path or "").rstrip("/")
+        self._pool = urllib3.connection_from_url(
+            api_url,
+            maxsize=max_connections,
+            block=False,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            retries=False,
+            socket_options=_SOCKET_OPTIONS,
+        )
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Response:
+        """Send one request; return its response whatever the status, or raise TransportError."""
+        all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                self._path_prefix + path,
+                body=body,
+                headers=all_headers,
+                retries=False,
+                redirect=False,
+                preload_content=True,
+            )
+        except (_Urllib3Error, OSError) as error:
+            raise TransportError(f"{type(error).__name__}: {error}") from error
+        return Response(response.status, response.data, response.headers.get("Retry-After"))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: close the inherited sockets without using them.
+
+        A fork can happen while another thread of the parent holds the pool's queue lock;
+        the child's copy of that lock would then stay locked forever, and closing the pool
+        (now, or from urllib3's finalizer at exit) would hang. The child is single-threaded
+        here, so re-initializing the lock is safe. Closing a socket in the child only drops
+        the child's file descriptor: the parent's connection is untouched.
+        """
+        connections = self._pool.pool
+        if connections is not None:
+            connections.mutex._at_fork_reinit()  # type: ignore[attr-defined]
+        self._pool.close()

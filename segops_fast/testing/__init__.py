@@ -1,0 +1,23 @@
+"""Test support: a real SegOps ingest server on loopback.
+
+``LocalIngestServer`` runs in the current process (threads); ``IngestServerProcess``
+runs the same server as ``segops-fast serve`` in a child process.
+"""
+
+from ._process import IngestServerProcess
+from ._server import (
+    DEFAULT_PUBLIC_KEY,
+    DEFAULT_SECRET_KEY,
+    LocalIngestServer,
+    PublicKey,
+    ReceivedEvent,
+)
+
+__all__ = [
+    "DEFAULT_PUBLIC_KEY",
+    "DEFAULT_SECRET_KEY",
+    "IngestServerProcess",
+    "LocalIngestServer",
+    "PublicKey",
+    "ReceivedEvent",
+]

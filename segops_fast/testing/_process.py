@@ -1,0 +1,67 @@
+"""A :class:`LocalIngestServer` in a process of its own.
+
+This module owns starting ``segops-fast serve`` as a child process, learning its URL, and
+reading its counters over HTTP. A server in its own process does not compete with the
+client for the GIL, so what a demo or benchmark measures is the client.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import urllib3
+
+
+class IngestServerProcess:
+    """``segops-fast serve`` on a free loopback port, as a context manager."""
+
+    def __init__(self, extra_arguments: list[str] | None = None) -> None:
+        self._arguments = [
+            sys.executable,
+            "-m",
+            "segops_fast",
+            "serve",
+            "--port",
+            "0",
+            *(extra_arguments or []),
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> IngestServerProcess:
+        self._process = subprocess.Popen(self._arguments, stdout=subprocess.PIPE)
+        assert self._process.stdout is not None
+        # The server's first line is its URL: "listening on http://127.0.0.1:PORT".
+        first_line = self._process.stdout.readline().decode().strip()
+        if not first_line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"segops-fast serve did not start: {first_line!r}")
+        self.url = first_line.split()[-1]
+        return self
+
+    def summary(self) -> dict[str, int]:
+        response = urllib3.request("GET", f"{self.url}/_local/summary", timeout=30.0, retries=False)
+        result: dict[str, int] = orjson.loads(response.data)
+        return result
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        self._process = None
+
+    def __enter__(self) -> IngestServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

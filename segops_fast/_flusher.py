@@ -18,6 +18,7 @@ finished watermark is the lowest number still in a request or waiting for a sess
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Callable
 
@@ -127,12 +128,12 @@ class Flusher:
         self._wake.set()
 
     def join(self, timeout: float | None) -> bool:
-        """Wait for the flusher thread to end; True if it has (or never started)."""
-        if not self._threads:
-            return True
-        flusher_thread = self._threads[0]
-        flusher_thread.join(timeout)
-        return not flusher_thread.is_alive()
+        """Wait, ``timeout`` seconds in all, for every thread to end; True if they have."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return not any(thread.is_alive() for thread in self._threads)
 
     @property
     def is_own_thread(self) -> bool:
@@ -179,9 +180,9 @@ class Flusher:
             retry = self._unsent
             self._unsent = []
             self._session_error = None
-            records = [] if retry else self.buffer.take()
+            records = [] if retry else self._take_numbered()
             answerable = list(self._open_requests)
-        self._dispatch(retry + self._numbered_batches(records))
+        self._dispatch(retry + self._batches(records))
         # Settling before the next cycle keeps the session error and the flush answers
         # consistent; requests within one cycle still overlap.
         with self._lock:
@@ -205,25 +206,44 @@ class Flusher:
             self._wake.wait(self._flush_interval)
         self.buffer.disarm()
 
-    def _numbered_batches(self, records: list[Record]) -> list[Batch]:
+    def _take_numbered(self) -> list[Record]:
+        """Take everything waiting and number it. Call with the lock held.
+
+        The events count as unfinished from this moment: until their batches exist, one
+        entry for all of them stands in ``_in_flight``, so no flush can think them done.
+        """
+        records = self.buffer.take()
+        if records:
+            self._counters.taken(len(records))
+            self._in_flight[self._next_number] = len(records)
+            self._next_number += len(records)
+        return records
+
+    def _batches(self, records: list[Record]) -> list[Batch]:
+        """The batches of freshly taken ``records``, numbered on from the first of them."""
         if not records:
             return []
-        self._counters.taken(len(records))
+        number = self._next_number - len(records)
         batches = list(assemble_batches(records, self._max_batch_bytes))
         for batch in batches:
-            batch.first = self._next_number
-            self._next_number += len(batch)
+            batch.first = number
+            number += len(batch)
         return batches
 
     def _dispatch(self, batches: list[Batch]) -> None:
         """Send ``batches`` in order, here or through the senders, max_in_flight at most."""
+        with self._lock:
+            # Every batch is unfinished before the first is sent (this also replaces the
+            # entry that stood for all the records since they were taken).
+            for batch in batches:
+                self._in_flight[batch.first] = len(batch)
         for batch in batches:
             with self._lock:
                 if self._session_error is not None:
                     # A sender found no session token: keep the rest for the next cycle.
+                    del self._in_flight[batch.first]
                     self._unsent.append(batch)
                     continue
-                self._in_flight[batch.first] = len(batch)
                 if self._max_in_flight > 1:
                     self._changed.wait_for(lambda: len(self._to_send) == 0)
                     self._to_send.append(batch)
@@ -284,9 +304,12 @@ class Flusher:
         with self._lock:
             self._changed.wait_for(lambda: not self._in_flight)
             self._to_send.clear()
-            records = self.buffer.take()
+            records = self._take_numbered()
         self._give_up_unsent(REASON_SHUTDOWN_DEADLINE, SegOpsApiError("shutdown deadline passed"))
-        for batch in self._numbered_batches(records):
+        batches = self._batches(records)
+        with self._lock:
+            self._in_flight.clear()
+        for batch in batches:
             error = SegOpsApiError("shutdown deadline passed", undelivered=len(batch))
             self._give_up(GivenUp(batch.events(), REASON_SHUTDOWN_DEADLINE, error), batch.first)
 

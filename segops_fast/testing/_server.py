@@ -196,6 +196,11 @@ class LocalIngestServer:
         counts["duplicate_events"] = len(stored) - unique
         return counts
 
+    def revoke_sessions(self) -> None:
+        """Invalidate every session token, as a key rotation would: the next use gets 401."""
+        with self._lock:
+            self._sessions.clear()
+
     def reset(self) -> None:
         """Forget every event and counter (sessions stay valid)."""
         with self._lock:

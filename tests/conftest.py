@@ -1,0 +1,41 @@
+"""Shared fixtures: a real LocalIngestServer per test, and clients that are always shut down."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+import segops_fast as segops
+from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
+
+MakeClient = Callable[..., segops.SegOpsClient]
+
+
+@pytest.fixture
+def server() -> Iterator[LocalIngestServer]:
+    with LocalIngestServer() as running:
+        yield running
+
+
+@pytest.fixture
+def make_client(server: LocalIngestServer) -> Iterator[MakeClient]:
+    """Build clients against ``server`` (fast flush interval); shut down whatever is left."""
+    clients: list[segops.SegOpsClient] = []
+
+    def build(api_key: str = DEFAULT_SECRET_KEY, **options: Any) -> segops.SegOpsClient:
+        options.setdefault("flush_interval", 0.05)
+        client = segops.SegOpsClient(options.pop("api_url", server.url), api_key, **options)
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        with contextlib.suppress(segops.SegOpsApiError):
+            client.shutdown(timeout=10)
+
+
+def assert_idle_invariant(stats: segops.Stats) -> None:
+    assert stats.enqueued == stats.sent + stats.dropped + stats.failed + stats.queued, stats

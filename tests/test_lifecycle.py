@@ -1,0 +1,231 @@
+"""flush(), shutdown(), the context manager, exit, and what happens to events at the edges."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import segops_fast as segops
+from segops_fast.testing import LocalIngestServer
+
+from .conftest import MakeClient, assert_idle_invariant
+
+
+def test_flush_blocks_until_the_server_has_every_event(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(flush_interval=60, batch_size=10_000)
+    for index in range(1234):
+        client.track(user_id="u", event_type="e", payload={"i": index})
+    client.flush()
+    assert server.event_count == 1234
+    stats = client.stats()
+    assert (stats.sent, stats.queued) == (1234, 0)
+    assert_idle_invariant(stats)
+
+
+def test_flush_with_nothing_tracked_returns_at_once(make_client: MakeClient) -> None:
+    client = make_client()
+    client.flush()
+    assert threading.active_count() >= 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("segops-fast")]
+
+
+def test_flush_raises_api_error_naming_the_masked_key_when_refused(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    errors: list[BaseException] = []
+    client = make_client("sk_wrong_key_abcd", on_error=errors.append, flush_interval=60)
+    client.track(user_id="u", event_type="e")
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush()
+    assert raised.value.status == 401
+    assert raised.value.undelivered == 1
+    assert isinstance(raised.value, RuntimeError)
+    assert "sk_...abcd" in str(raised.value)
+    assert "sk_wrong_key_abcd" not in str(raised.value)
+    assert client.stats().failed == 1
+    assert errors, "on_error must hear about the failed batch too"
+    assert_idle_invariant(client.stats())
+
+
+def test_shutdown_flushes_stops_the_thread_and_is_idempotent(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(flush_interval=60, batch_size=10_000)
+    for index in range(100):
+        client.track(user_id="u", event_type="e", payload={"i": index})
+    client.shutdown()
+    client.shutdown()
+    client.close()
+    assert server.event_count == 100
+    assert not [t for t in threading.enumerate() if t.name.startswith("segops-fast")]
+
+
+def test_context_manager_delivers_on_exit(server: LocalIngestServer) -> None:
+    with segops.SegOpsClient(server.url, "sk_test_local", flush_interval=60) as client:
+        client.track(user_id="u", event_type="e")
+    assert server.event_count == 1
+
+
+def test_track_after_shutdown_is_dropped_counted_and_reported_once(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    errors: list[BaseException] = []
+    dropped: list[tuple[list[dict[str, Any]], str]] = []
+    client = make_client(on_error=errors.append, on_drop=lambda e, r: dropped.append((e, r)))
+    client.shutdown()
+    client.track(user_id="u", event_type="late", payload={"n": 1})
+    client.track(user_id="u", event_type="late", payload={"n": 2})
+    stats = client.stats()
+    assert (stats.dropped, stats.enqueued) == (2, 2)
+    assert len(errors) == 1
+    assert [reason for _, reason in dropped] == ["closed", "closed"]
+    assert dropped[1][0][0]["payload"] == {"n": 2}
+    assert server.event_count == 0
+    assert_idle_invariant(stats)
+
+
+def test_default_on_error_logs_to_the_segops_fast_logger(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client()
+    client.shutdown()
+    with caplog.at_level("ERROR", logger="segops_fast"):
+        client.track(user_id="u", event_type="late")
+    assert any("after shutdown" in record.getMessage() for record in caplog.records)
+
+
+def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
+    make_client: MakeClient,
+) -> None:
+    # Nothing listens on this port, and retries wait long: the flusher holds its first batch
+    # while the queue fills.
+    dropped: list[str] = []
+    errors: list[BaseException] = []
+    client = make_client(
+        api_url="http://127.0.0.1:9",
+        max_queue_size=10,
+        backoff_base=30,
+        backoff_cap=30,
+        on_error=errors.append,
+        on_drop=lambda events, reason: dropped.extend([reason] * len(events)),
+    )
+    client.track(user_id="u", event_type="first")
+    time.sleep(0.3)  # let the flusher take the first event
+    for index in range(50):
+        client.track(user_id="u", event_type="e", payload={"i": index})
+    stats = client.stats()
+    assert stats.dropped == 40
+    assert dropped == ["queue_full"] * 40
+    assert stats.enqueued == 51
+    assert stats.queued == 11
+    assert sum("queue full" in str(error) for error in errors) == 1
+    assert_idle_invariant(stats)
+
+    # The server never answers: shutdown keeps its deadline, and the 11 events still held
+    # are handed to on_drop and counted, not lost.
+    began = time.monotonic()
+    with pytest.raises(segops.SegOpsApiError, match="shutdown deadline") as raised:
+        client.shutdown(timeout=0.5)
+    assert time.monotonic() - began < 2.0
+    assert raised.value.undelivered == 11
+    for _ in range(100):
+        if client.stats().queued == 0:
+            break
+        time.sleep(0.05)
+    stats = client.stats()
+    assert (stats.dropped, stats.queued) == (51, 0)
+    assert dropped.count("shutdown_deadline") == 11
+    assert_idle_invariant(stats)
+
+
+def test_on_full_block_waits_for_room_and_loses_nothing(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(max_queue_size=5, on_full="block", batch_size=2)
+    for index in range(2000):
+        client.track(user_id="u", event_type="e", payload={"i": index})
+    client.flush()
+    assert sorted(event["payload"]["i"] for event in server.events) == list(range(2000))
+    assert client.stats().dropped == 0
+
+
+def test_eight_threads_of_ten_thousand_arrive_exactly_once(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client()
+
+    def produce(thread: int) -> None:
+        for index in range(10_000):
+            client.track(user_id=f"user-{thread}", event_type="e", payload={"t": thread, "i": index})
+
+    threads = [threading.Thread(target=produce, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.shutdown()
+    seen = [(event["payload"]["t"], event["payload"]["i"]) for event in server.events]
+    assert len(seen) == 80_000
+    assert set(seen) == {(t, i) for t in range(8) for i in range(10_000)}
+    summary = server.summary()
+    assert summary["duplicate_events"] == 0
+    stats = client.stats()
+    assert (stats.sent, stats.dropped, stats.failed, stats.queued) == (80_000, 0, 0, 0)
+    assert_idle_invariant(stats)
+
+
+def test_with_one_request_in_flight_events_arrive_in_the_order_tracked(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(max_batch_bytes=2048, max_event_bytes=512, max_in_flight=1)
+    for index in range(3000):
+        client.track(user_id="u", event_type="e", payload={"i": index})
+    client.flush()
+    assert [event["payload"]["i"] for event in server.events] == list(range(3000))
+
+
+def test_a_client_never_shut_down_flushes_at_interpreter_exit(server: LocalIngestServer) -> None:
+    script = textwrap.dedent(
+        f"""
+        import segops_fast as segops
+        client = segops.SegOpsClient({server.url!r}, "sk_test_local", flush_interval=60)
+        for index in range(500):
+            client.track(user_id="u", event_type="at_exit", payload={{"i": index}})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert server.event_count == 500
+
+
+def test_atexit_registration_does_not_keep_the_client_alive(server: LocalIngestServer) -> None:
+    client = segops.SegOpsClient(server.url, "sk_test_local", flush_interval=60)
+    client.track(user_id="u", event_type="collected")
+    import weakref
+
+    reference = weakref.ref(client)
+    del client
+    gc.collect()
+    assert reference() is None
+    # Collected unclosed, it still sends what it had.
+    assert server.wait_for_events(1, timeout=10)
+
+
+def test_a_raising_callback_never_reaches_the_caller(
+    server: LocalIngestServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(*_: object) -> None:
+        raise RuntimeError("callback bug")
+
+    client = make_client(on_error=explode, on_drop=explode)
+    client.shutdown()
+    client.track(user_id="u", event_type="late")
+    assert any("callback raised" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,106 @@
+"""Property tests: payloads survive the trip exactly, and the buffer behaves like a queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import segops_fast as segops
+from segops_fast._buffer import EventBuffer
+from segops_fast._encoding import Record
+from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
+
+# What JSON and orjson can carry exactly: 64-bit integers, finite floats, any unicode.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=25,
+)
+payloads = st.dictionaries(st.text(), json_values, max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=payloads, user_id=st.text(min_size=1), event_type=st.text(min_size=1))
+def test_any_json_payload_arrives_exactly_as_given(
+    payload: dict[str, Any], user_id: str, event_type: str
+) -> None:
+    with LocalIngestServer() as server:
+        with segops.SegOpsClient(server.url, DEFAULT_SECRET_KEY, flush_interval=60) as client:
+            client.track(user_id=user_id, event_type=event_type, payload=payload)
+        (event,) = server.events
+    assert event["payload"] == payload
+    assert (event["user_id"], event["event_type"]) == (user_id, event_type)
+
+
+class BufferAgainstAModel(RuleBasedStateMachine):
+    """The buffer must act as a bounded FIFO list, whatever mix of operations it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakes = 0
+        self.buffer = EventBuffer(capacity=8, batch_size=3, on_batch_ready=self._woken)
+        self.model: list[Record] = []
+        self.taken_total = 0
+        self.closed = False
+        self.counter = 0
+
+    def _woken(self) -> None:
+        self.wakes += 1
+
+    @rule()
+    def append(self) -> None:
+        self.counter += 1
+        record: Record = (None, b"%d}" % self.counter)
+        accepted = self.buffer.append(record)
+        expected = not self.closed and len(self.model) < 8
+        assert accepted == expected
+        if accepted:
+            self.model.append(record)
+
+    @rule()
+    def take(self) -> None:
+        taken = self.buffer.take()
+        assert taken == self.model
+        self.taken_total += len(taken)
+        self.model = []
+
+    @rule()
+    def arm(self) -> None:
+        self.buffer.arm()
+
+    @rule()
+    def disarm(self) -> None:
+        self.buffer.disarm()
+
+    @precondition(lambda self: not self.closed)
+    @rule()
+    def close(self) -> None:
+        self.buffer.close()
+        self.closed = True
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        assert len(self.buffer) == len(self.model)
+        assert self.buffer.taken == self.taken_total
+
+
+BufferAgainstAModel.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+test_buffer_against_a_model = BufferAgainstAModel.TestCase
+
+
+def test_an_armed_buffer_wakes_its_consumer_once_per_batch() -> None:
+    wakes: list[int] = []
+    buffer = EventBuffer(capacity=100, batch_size=5, on_batch_ready=lambda: wakes.append(len(buffer)))
+    buffer.append((None, b"}"))  # the first event starts the consumer
+    buffer.take()
+    buffer.arm()
+    for _ in range(12):
+        buffer.append((None, b"}"))
+    assert wakes == [1, 5]

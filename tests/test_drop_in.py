@@ -18,7 +18,9 @@ def documented_usage(segops: types.ModuleType, url: str) -> None:
     client = segops.SegOpsClient(url, DEFAULT_SECRET_KEY)
     client.track(user_id="u-123", event_type="order_placed", payload={"total": 42})
     client.track(segops.Event(user_id="u-1", event_type="page_viewed", payload={"path": "/"}))
-    client.track({"user_id": "u-2", "event_type": "signed_up", "occurred_at": "2026-01-01T00:00:00+00:00"})
+    client.track(
+        {"user_id": "u-2", "event_type": "signed_up", "occurred_at": "2026-01-01T00:00:00+00:00"}
+    )
     client.identify(user_id="u-123", traits={"email": "a@example.com", "plan": "pro"})
     client.identify(segops.Context(user_id="u-9", traits={"plan": "free"}))
     client.flush()

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -165,7 +166,9 @@ def test_eight_threads_of_ten_thousand_arrive_exactly_once(
 
     def produce(thread: int) -> None:
         for index in range(10_000):
-            client.track(user_id=f"user-{thread}", event_type="e", payload={"t": thread, "i": index})
+            client.track(
+                user_id=f"user-{thread}", event_type="e", payload={"t": thread, "i": index}
+            )
 
     threads = [threading.Thread(target=produce, args=(number,)) for number in range(8)]
     for thread in threads:
@@ -209,8 +212,6 @@ def test_a_client_never_shut_down_flushes_at_interpreter_exit(server: LocalInges
 def test_atexit_registration_does_not_keep_the_client_alive(server: LocalIngestServer) -> None:
     client = segops.SegOpsClient(server.url, "sk_test_local", flush_interval=60)
     client.track(user_id="u", event_type="collected")
-    import weakref
-
     reference = weakref.ref(client)
     del client
     gc.collect()

@@ -11,7 +11,9 @@ from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 BATCH = "/api/ingestion/track/batch/"
 
 
-def post(server: LocalIngestServer, path: str, body: bytes, **headers: str) -> urllib3.BaseHTTPResponse:
+def post(
+    server: LocalIngestServer, path: str, body: bytes, **headers: str
+) -> urllib3.BaseHTTPResponse:
     headers.setdefault("Authorization", f"ApiKey {DEFAULT_SECRET_KEY}")
     headers = {name.replace("_", "-"): value for name, value in headers.items()}
     return urllib3.request("POST", server.url + path, body=body, headers=headers, retries=False)
@@ -31,7 +33,9 @@ EVENT = {"user_id": "u", "event_type": "e", "payload": {}}
         (orjson.dumps({"events": [EVENT]}), 200),
     ],
 )
-def test_malformed_batches_are_refused_whole(server: LocalIngestServer, body: bytes, status: int) -> None:
+def test_malformed_batches_are_refused_whole(
+    server: LocalIngestServer, body: bytes, status: int
+) -> None:
     assert post(server, BATCH, body).status == status
     assert server.event_count == (1 if status == 200 else 0)
 
@@ -51,7 +55,11 @@ def test_a_repeated_idempotency_key_is_counted_not_stored(server: LocalIngestSer
     for _ in range(3):
         assert post(server, BATCH, body, Idempotency_Key="k-1").status == 200
     summary = server.summary()
-    assert (summary["events"], summary["repeated_key_requests"], summary["repeated_key_events"]) == (2, 2, 4)
+    assert (
+        summary["events"],
+        summary["repeated_key_requests"],
+        summary["repeated_key_events"],
+    ) == (2, 2, 4)
     assert [received.idempotency_key for received in server.received] == ["k-1", "k-1"]
     # Identical events stored under different keys are what duplicate_events counts.
     assert summary["duplicate_events"] == 1
@@ -62,7 +70,9 @@ def test_session_mint_returns_a_token_and_its_expiry(server: LocalIngestServer) 
     answer = orjson.loads(response.data)
     assert response.status == 200
     assert set(answer) == {"token", "expires_at"}
-    stored = post(server, BATCH, orjson.dumps({"events": [EVENT]}), Authorization=f"Bearer {answer['token']}")
+    stored = post(
+        server, BATCH, orjson.dumps({"events": [EVENT]}), Authorization=f"Bearer {answer['token']}"
+    )
     assert stored.status == 200
 
 

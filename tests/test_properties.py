@@ -20,7 +20,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
+    ),
     max_leaves=25,
 )
 payloads = st.dictionaries(st.text(), json_values, max_size=6)
@@ -91,13 +93,17 @@ class BufferAgainstAModel(RuleBasedStateMachine):
         assert self.buffer.taken == self.taken_total
 
 
-BufferAgainstAModel.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+BufferAgainstAModel.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)
 test_buffer_against_a_model = BufferAgainstAModel.TestCase
 
 
 def test_an_armed_buffer_wakes_its_consumer_once_per_batch() -> None:
     wakes: list[int] = []
-    buffer = EventBuffer(capacity=100, batch_size=5, on_batch_ready=lambda: wakes.append(len(buffer)))
+    buffer = EventBuffer(
+        capacity=100, batch_size=5, on_batch_ready=lambda: wakes.append(len(buffer))
+    )
     buffer.append((None, b"}"))  # the first event starts the consumer
     buffer.take()
     buffer.arm()

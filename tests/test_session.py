@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 
 import pytest
@@ -110,9 +112,6 @@ def test_signed_user_ids_are_required_and_checked() -> None:
 
 
 def test_sign_user_id_matches_the_documented_hmac() -> None:
-    import hashlib
-    import hmac
-
     signed = segops.sign_user_id(SECRET, "u-1", ts=1700000000)
     expected = hmac.new(bytes.fromhex(SECRET), b"u-1|1700000000", hashlib.sha256).hexdigest()
     assert signed == {"user_id": "u-1", "user_id_sig": expected, "user_id_ts": 1700000000}
@@ -128,7 +127,8 @@ def test_a_failed_mint_is_reported_and_the_events_stay_queued(
     with pytest.raises(segops.SegOpsApiError, match="session"):
         client.flush()
     assert server.event_count == 0
-    assert errors and all("session mint failed" in str(error) for error in errors)
+    assert errors
+    assert all("session mint failed" in str(error) for error in errors)
     assert client.stats().queued == 5
     # The key becomes valid: the queued events go out, exactly once.
     server.public_keys["pk_not_yet_known"] = PublicKey()

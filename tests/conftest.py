@@ -37,5 +37,11 @@ def make_client(server: LocalIngestServer) -> Iterator[MakeClient]:
             client.shutdown(timeout=10)
 
 
+def track_numbered(client: segops.SegOpsClient, count: int, event_type: str = "e") -> None:
+    """Track ``count`` events whose payloads are ``{"i": 0}`` to ``{"i": count - 1}``."""
+    for index in range(count):
+        client.track(user_id="u", event_type=event_type, payload={"i": index})
+
+
 def assert_idle_invariant(stats: segops.Stats) -> None:
     assert stats.enqueued == stats.sent + stats.dropped + stats.failed + stats.queued, stats

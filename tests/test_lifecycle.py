@@ -16,15 +16,14 @@ import pytest
 import segops_fast as segops
 from segops_fast.testing import LocalIngestServer
 
-from .conftest import MakeClient, assert_idle_invariant
+from .conftest import MakeClient, assert_idle_invariant, track_numbered
 
 
 def test_flush_blocks_until_the_server_has_every_event(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
     client = make_client(flush_interval=60, batch_size=10_000)
-    for index in range(1234):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 1234)
     client.flush()
     assert server.event_count == 1234
     stats = client.stats()
@@ -61,8 +60,7 @@ def test_shutdown_flushes_stops_the_thread_and_is_idempotent(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
     client = make_client(flush_interval=60, batch_size=10_000)
-    for index in range(100):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 100)
     client.shutdown()
     client.shutdown()
     client.close()
@@ -121,8 +119,7 @@ def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
     )
     client.track(user_id="u", event_type="first")
     time.sleep(0.3)  # let the flusher take the first event
-    for index in range(50):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 50)
     stats = client.stats()
     assert stats.dropped == 40
     assert dropped == ["queue_full"] * 40
@@ -152,8 +149,7 @@ def test_on_full_block_waits_for_room_and_loses_nothing(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
     client = make_client(max_queue_size=5, on_full="block", batch_size=2)
-    for index in range(2000):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 2000)
     client.flush()
     assert sorted(event["payload"]["i"] for event in server.events) == list(range(2000))
     assert client.stats().dropped == 0
@@ -190,8 +186,7 @@ def test_with_one_request_in_flight_events_arrive_in_the_order_tracked(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
     client = make_client(max_batch_bytes=2048, max_event_bytes=512, max_in_flight=1)
-    for index in range(3000):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 3000)
     client.flush()
     assert [event["payload"]["i"] for event in server.events] == list(range(3000))
 

@@ -11,7 +11,7 @@ import pytest
 import segops_fast as segops
 from segops_fast.testing import DEFAULT_PUBLIC_KEY, LocalIngestServer, PublicKey
 
-from .conftest import MakeClient, assert_idle_invariant
+from .conftest import MakeClient, assert_idle_invariant, track_numbered
 
 SECRET = "00" * 16
 
@@ -20,8 +20,7 @@ def test_public_key_mints_once_and_sends_with_the_token(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
     client = make_client(DEFAULT_PUBLIC_KEY)
-    for index in range(50):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 50)
     client.flush()
     client.track(user_id="u", event_type="again")
     client.flush()
@@ -122,8 +121,7 @@ def test_a_failed_mint_is_reported_and_the_events_stay_queued(
 ) -> None:
     errors: list[BaseException] = []
     client = make_client("pk_not_yet_known", on_error=errors.append)
-    for index in range(5):
-        client.track(user_id="u", event_type="e", payload={"i": index})
+    track_numbered(client, 5)
     with pytest.raises(segops.SegOpsApiError, match="session"):
         client.flush()
     assert server.event_count == 0

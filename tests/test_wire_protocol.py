@@ -10,7 +10,7 @@ import orjson
 from segops_fast import Event, __version__
 from segops_fast.testing import LocalIngestServer
 
-from .conftest import MakeClient, assert_idle_invariant
+from .conftest import MakeClient, assert_idle_invariant, track_numbered
 
 ISO_MICROSECONDS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
@@ -57,11 +57,9 @@ def test_headers_auth_user_agent_and_one_idempotency_key_per_batch(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
     client = make_client(batch_size=1000, flush_interval=60)
-    for index in range(3):
-        client.track(user_id="u", event_type="first", payload={"i": index})
+    track_numbered(client, 3, "first")
     client.flush()
-    for index in range(2):
-        client.track(user_id="u", event_type="second", payload={"i": index})
+    track_numbered(client, 2, "second")
     client.flush()
     keys = {}
     for received in server.received:

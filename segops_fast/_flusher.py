@@ -31,7 +31,7 @@ from ._delivery import (
     GivenUp,
     SessionUnavailableError,
 )
-from ._encoding import Record
+from ._encoding import Record, render_event
 from ._errors import SegOpsApiError
 from ._stats import DeliveryCounters
 
@@ -303,15 +303,16 @@ class Flusher:
         """The shutdown deadline passed: drop what waits, once the requests under way end."""
         with self._lock:
             self._changed.wait_for(lambda: not self._in_flight)
-            self._to_send.clear()
             records = self._take_numbered()
         self._give_up_unsent(REASON_SHUTDOWN_DEADLINE, SegOpsApiError("shutdown deadline passed"))
-        batches = self._batches(records)
+        if not records:
+            return
+        first = self._next_number - len(records)
+        error = SegOpsApiError("shutdown deadline passed", undelivered=len(records))
+        events = [render_event(record) for record in records]
+        self._give_up(GivenUp(events, REASON_SHUTDOWN_DEADLINE, error), first)
         with self._lock:
-            self._in_flight.clear()
-        for batch in batches:
-            error = SegOpsApiError("shutdown deadline passed", undelivered=len(batch))
-            self._give_up(GivenUp(batch.events(), REASON_SHUTDOWN_DEADLINE, error), batch.first)
+            del self._in_flight[first]
 
     def _answer(self, requests: list[FlushRequest]) -> None:
         if not requests:

@@ -116,7 +116,7 @@ class Delivery:
                 raise SessionUnavailableError(
                     failure.error, [current, *reversed(remaining)]
                 ) from None
-            if isinstance(outcome, Response) and outcome.status == 413 and len(current) > 1:
+            if isinstance(outcome, Response) and outcome.status == 413:
                 first, second = current.halves()
                 remaining.extend((second, first))
             elif isinstance(outcome, Response):
@@ -140,13 +140,14 @@ class Delivery:
     def _send(
         self, path: str, body: bytes, idempotency_key: str, events: int
     ) -> Response | _Failure:
-        """The 2xx (or 413) response to ``body``, after retries; or why it was given up."""
+        """The 2xx response to ``body`` after retries (or its 413, when there are events to
+        split), or why it was given up: a single event refused as too large is a failure."""
         attempt = 0
         reminted = False
         while True:
             try:
                 response = self._attempt(path, body, idempotency_key)
-                if response.ok or response.status == 413:
+                if response.ok or (response.status == 413 and events > 1):
                     return response
                 if response.status == 401 and self._session is not None and not reminted:
                     # The token may have been revoked or may have expired early: one re-mint.

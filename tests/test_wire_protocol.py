@@ -6,7 +6,9 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import orjson
+import pytest
 
+import segops_fast as segops
 from segops_fast import Event, __version__
 from segops_fast.testing import LocalIngestServer
 
@@ -147,3 +149,34 @@ def test_payload_mutated_after_track_is_sent_as_it_was(
     client.flush()
     assert server.events[0]["payload"] == {"cart": ["apple"]}
     assert orjson.loads(orjson.dumps(server.events[0]))["payload"]["cart"] == ["apple"]
+
+
+def test_a_single_event_refused_as_too_large_is_failed_not_counted_sent(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    original = server._handle
+
+    def refuse_large(method: str, path: str, headers: dict[str, str], body: bytes):  # type: ignore[no-untyped-def]
+        if b'"big"' in body:
+            return 413, {"detail": "too large"}
+        return original(method, path, headers, body)
+
+    server._handle = refuse_large  # type: ignore[method-assign]
+    dropped: list[str] = []
+    client = make_client(batch_size=1000, on_drop=lambda events, reason: dropped.append(reason))
+    for index in range(6):
+        client.track(user_id="u", event_type="e", payload={"i": index})
+    client.track(user_id="u", event_type="e", payload={"big": True})
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush()
+    assert raised.value.status == 413
+    # The batch was split until the one refused event stood alone; the rest were stored.
+    assert sorted(event["payload"]["i"] for event in server.events) == list(range(6))
+    stats = client.stats()
+    assert (stats.sent, stats.failed) == (6, 1)
+    assert dropped == ["failed"]
+    assert_idle_invariant(stats)
+
+    unbatched = make_client(batch=False, on_error=lambda error: None)
+    unbatched.track(user_id="u", event_type="e", payload={"big": True})
+    assert (unbatched.stats().sent, unbatched.stats().failed) == (0, 1)

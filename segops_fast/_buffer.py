@@ -89,7 +89,8 @@ class EventBuffer:
         self._attention_at = self._high_water
         self._on_batch_ready()
         if len(queue) > self._high_water:
-            _yield_gil()
+            # Releases the GIL, so that the consumer waiting for it runs now.
+            time.sleep(0)
         return True
 
     def wait_for_room(self, timeout: float | None) -> bool:
@@ -130,8 +131,3 @@ class EventBuffer:
         with self._room:
             self._closed = True
             self._room.notify_all()
-
-
-# sleep(0) releases the GIL, so that a consumer waiting for it runs now.
-def _yield_gil() -> None:
-    time.sleep(0)

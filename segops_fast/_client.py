@@ -9,17 +9,18 @@ retrying live in their own modules; this one only connects them.
 from __future__ import annotations
 
 import logging
-import threading
+import os
 import time
+import warnings
 import weakref
 from types import TracebackType
 from typing import Any, Callable
 
 import orjson
 
-from . import _lifecycle
+from . import _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
-from ._delivery import REASON_FAILED, Delivery, GivenUp, RetryPolicy
+from ._delivery import REASON_FAILED, Deadline, Delivery, GivenUp, RetryPolicy
 from ._encoding import Record, context_fields, encode_event, event_fields, render_event
 from ._errors import InvalidEventError, SegOpsApiError
 from ._flusher import Flusher
@@ -91,6 +92,8 @@ class _Pipeline:
     def __init__(
         self, options: Options, get_user: Callable[[], UserContext], reporter: _Reporter
     ) -> None:
+        #: The process this pipeline belongs to.
+        self.pid = os.getpid()
         self.reporter = reporter
         self.counters = DeliveryCounters()
         self.transport = Transport(
@@ -101,14 +104,14 @@ class _Pipeline:
             if options.uses_session
             else None
         )
-        self.give_up_now = threading.Event()
+        self.deadline = Deadline()
         self.delivery = Delivery(
             transport=self.transport,
             api_key=options.api_key,
             session=self.session,
             policy=RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap),
             counters=self.counters,
-            give_up_now=self.give_up_now,
+            deadline=self.deadline,
         )
         self.flusher = Flusher(
             delivery=self.delivery,
@@ -118,7 +121,8 @@ class _Pipeline:
             flush_interval=options.flush_interval,
             max_batch_bytes=options.max_batch_bytes,
             max_in_flight=options.max_in_flight,
-            give_up_now=self.give_up_now,
+            deadline=self.deadline,
+            background=not _uwsgi.python_threads_disabled(),
             on_given_up=self.settle,
             report_error=reporter.error,
         )
@@ -197,6 +201,15 @@ class SegOpsClient:
         self._closed = False
         self._start_process_state()
         _lifecycle.register(self)
+        if batch and _uwsgi.python_threads_disabled():
+            warnings.warn(
+                "segops_fast: uWSGI runs without Python threads, so no background thread can "
+                "send events; they are sent from the request's thread whenever a batch is "
+                "due (batch_size events, or flush_interval after the oldest) and at worker "
+                "exit. Start uWSGI with --enable-threads to send them in the background.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # -- the reference API -----------------------------------------------------------------
 
@@ -255,6 +268,8 @@ class SegOpsClient:
         request = flusher.request_flush()
         if request is None:
             return
+        if not flusher.has_background_thread:
+            flusher.send_everything_here(final=False)
         if not request.wait(timeout):
             raise SegOpsApiError(
                 f"SegOps: flush timed out after {timeout}s; undelivered events stay queued",
@@ -279,10 +294,13 @@ class SegOpsClient:
         self._finalizer.detach()
         flusher.buffer.close()
         request = flusher.request_flush()
-        flusher.stop()
         deadline = self._options.shutdown_timeout if timeout is None else timeout
+        pipeline.deadline.set(deadline)
+        if not flusher.has_background_thread:
+            flusher.send_everything_here(final=True)
+        flusher.stop()
         if not flusher.join(deadline):
-            pipeline.give_up_now.set()
+            pipeline.deadline.expire_now()
             undelivered = self.stats().queued
             raise SegOpsApiError(
                 f"SegOps: shutdown deadline of {deadline}s passed with {undelivered} events "
@@ -326,9 +344,13 @@ class SegOpsClient:
         pipeline = _Pipeline(self._options, self._get_user, self._reporter)
         self._pipeline = pipeline
         # The hot path calls this attribute directly: no branch on the batch mode.
-        self._append: Callable[[Record], bool] = (
-            pipeline.flusher.buffer.append if self._options.batch else self._send_now
-        )
+        self._append: Callable[[Record], bool]
+        if not self._options.batch:
+            self._append = self._send_now
+        elif pipeline.flusher.has_background_thread:
+            self._append = pipeline.flusher.buffer.append
+        else:
+            self._append = pipeline.flusher.append_and_send_when_due
         self._told_closed = False
         self._last_full_report = 0.0
         # Stops this process's thread if the client is dropped without shutdown(); holds
@@ -337,7 +359,14 @@ class SegOpsClient:
         self._finalizer.atexit = False
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: events queued before the fork belong to the parent."""
+        """In a forked child: events queued before the fork belong to the parent.
+
+        Everything is replaced, never repaired: the parent's threads do not exist here, and
+        any lock one of them held at the fork would stay held forever in this copy.
+        """
+        if self._pipeline.pid == os.getpid():
+            # Told twice about one fork (uWSGI with --py-call-uwsgi-fork-hooks).
+            return
         self._finalizer.detach()
         self._pipeline.transport.abandon_after_fork()
         self._start_process_state()

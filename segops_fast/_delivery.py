@@ -45,6 +45,48 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**attempt))
 
 
+class Deadline:
+    """When sending must give up: none until shutdown sets one, shared by a pipeline's threads.
+
+    Knowing the moment in advance lets a backoff that would outlast it give up at once,
+    and lets a request's timeout end with it, instead of discovering it too late.
+    """
+
+    def __init__(self) -> None:
+        self._at: float | None = None
+        self._passed = threading.Event()
+
+    def set(self, seconds_from_now: float) -> None:
+        self._at = time.monotonic() + seconds_from_now
+
+    def expire_now(self) -> None:
+        """Wake every thread waiting between attempts: there is no time left."""
+        self._passed.set()
+
+    def passed(self) -> bool:
+        if self._passed.is_set():
+            return True
+        if self._at is not None and time.monotonic() >= self._at:
+            self._passed.set()
+            return True
+        return False
+
+    def remaining(self) -> float | None:
+        """Seconds left, or None when no deadline is set."""
+        if self._passed.is_set():
+            return 0.0
+        return None if self._at is None else max(0.0, self._at - time.monotonic())
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless the deadline would pass first; True if it has passed."""
+        remaining = self.remaining()
+        if remaining is not None and remaining < seconds:
+            # Waiting until the deadline only to give up then helps nobody.
+            self._passed.set()
+            return True
+        return self._passed.wait(seconds)
+
+
 @dataclass
 class GivenUp:
     """Events that will not be delivered, and why."""
@@ -87,15 +129,14 @@ class Delivery:
         session: SessionManager | None,
         policy: RetryPolicy,
         counters: DeliveryCounters,
-        give_up_now: threading.Event,
+        deadline: Deadline,
     ) -> None:
         self._transport = transport
         self._api_key = api_key
         self._session = session
         self._policy = policy
         self._counters = counters
-        # Set when the shutdown deadline has passed: no more waiting between attempts.
-        self._give_up_now = give_up_now
+        self._deadline = deadline
 
     def deliver_batch(self, batch: Batch) -> list[GivenUp]:
         """Send ``batch`` (split on 413); return what was given up, count what was acknowledged.
@@ -145,6 +186,9 @@ class Delivery:
         attempt = 0
         reminted = False
         while True:
+            if self._deadline.passed():
+                error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=events)
+                return _Failure(REASON_SHUTDOWN_DEADLINE, error)
             try:
                 response = self._attempt(path, body, idempotency_key)
                 if response.ok or (response.status == 413 and events > 1):
@@ -160,7 +204,7 @@ class Delivery:
                 if attempt >= self._policy.max_retries:
                     return _Failure(REASON_FAILED, retryable.error)
                 delay = self._policy.delay(attempt, retryable.retry_after)
-                if self._give_up_now.wait(delay):
+                if self._deadline.sleep(delay):
                     return _Failure(REASON_SHUTDOWN_DEADLINE, retryable.error)
                 attempt += 1
                 self._counters.retry()
@@ -175,7 +219,7 @@ class Delivery:
                 raise _MintFailedError(error) from None
         headers = {"Authorization": authorization, "Idempotency-Key": idempotency_key}
         try:
-            response = self._transport.post(path, body, headers)
+            response = self._transport.post(path, body, headers, self._deadline.remaining())
         except TransportError as error:
             raise _RetryableError(SegOpsApiError(f"SegOps: no response: {error}"), None) from None
         if response.status == 429 or response.status >= 500:

@@ -27,6 +27,7 @@ from ._buffer import EventBuffer
 from ._delivery import (
     REASON_FAILED,
     REASON_SHUTDOWN_DEADLINE,
+    Deadline,
     Delivery,
     GivenUp,
     SessionUnavailableError,
@@ -73,7 +74,8 @@ class Flusher:
         flush_interval: float,
         max_batch_bytes: int,
         max_in_flight: int,
-        give_up_now: threading.Event,
+        deadline: Deadline,
+        background: bool,
         on_given_up: Callable[[GivenUp], None],
         report_error: Callable[[BaseException], None],
     ) -> None:
@@ -83,8 +85,10 @@ class Flusher:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_batch_bytes = max_batch_bytes
-        self._max_in_flight = max_in_flight
-        self._give_up_now = give_up_now
+        self._background = background
+        # Without a background thread every request is sent from the caller's thread.
+        self._max_in_flight = max_in_flight if background else 1
+        self._deadline = deadline
         self._on_given_up = on_given_up
         self._report_error = report_error
         self._wake = threading.Event()
@@ -106,6 +110,11 @@ class Flusher:
         self._session_error: BaseException | None = None
         #: The number the next event taken from the buffer gets.
         self._next_number = 0
+        #: Without a background thread: when the oldest waiting event arrived, and which
+        #: thread is sending right now (its callbacks must not flush from inside).
+        self._waiting_since: float | None = None
+        self._sending_thread: int | None = None
+        self._sending_here = threading.Lock()
 
     # -- called by other threads ---------------------------------------------------------
 
@@ -136,10 +145,20 @@ class Flusher:
         return not any(thread.is_alive() for thread in self._threads)
 
     @property
+    def has_background_thread(self) -> bool:
+        """False under uWSGI without threads: then callers send from their own thread."""
+        return self._background
+
+    @property
     def is_own_thread(self) -> bool:
-        return threading.current_thread() in self._threads
+        return (
+            threading.current_thread() in self._threads
+            or self._sending_thread == threading.get_ident()
+        )
 
     def _wake_up(self) -> None:
+        if not self._background:
+            return
         if not self._threads:
             self._start_threads()
         self._wake.set()
@@ -162,7 +181,7 @@ class Flusher:
 
     def _run(self) -> None:
         try:
-            while not self._give_up_now.is_set():
+            while not self._deadline.passed():
                 if self._cycle():
                     return
             self._give_up_everything_left()
@@ -176,6 +195,13 @@ class Flusher:
         """Sleep until due, send everything waiting, answer flushes; True when it is time to end."""
         self._sleep_until_due()
         stopping = self._stopping
+        self._send_waiting(final=stopping)
+        return stopping and not self._unsent and not len(self.buffer)
+
+    def _send_waiting(self, *, final: bool) -> bool:
+        """Send the batches waiting for a session token, or else everything in the buffer,
+        then answer the flushes asked for so far. False if no session token could be had;
+        when ``final``, the batches that needed one are then given up."""
         with self._lock:
             retry = self._unsent
             self._unsent = []
@@ -190,11 +216,11 @@ class Flusher:
             blocked = self._session_error
         if blocked is not None:
             self._report_error(blocked)
-            if stopping:
+            if final:
                 # Shutting down and no token can be had: these cannot be delivered.
                 self._give_up_unsent(REASON_FAILED, blocked)
         self._answer(answerable)
-        return stopping and not self._unsent and not len(self.buffer)
+        return blocked is None
 
     def _sleep_until_due(self) -> None:
         # Cleared before the checks, so a wake-up that races with them is not lost.
@@ -250,6 +276,49 @@ class Flusher:
                     self._changed.notify_all()
                     continue
             self._send(batch)
+
+    # -- without a background thread (uWSGI without --enable-threads) -----------------------
+
+    def append_and_send_when_due(self, record: Record) -> bool:
+        """Append ``record``; if a batch is due, send what waits from this thread, now.
+
+        Due means ``batch_size`` events wait, or the oldest has waited ``flush_interval``.
+        Events tracked by an idle process wait for its next event, flush or exit.
+        """
+        if not self.buffer.append(record):
+            return False
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        due = len(self.buffer) >= self._batch_size or (
+            now - self._waiting_since >= self._flush_interval
+        )
+        # Never re-entered: a callback that tracks while we send leaves its event queued.
+        if due and self._sending_here.acquire(blocking=False):
+            try:
+                self._send_here(final=False)
+            finally:
+                self._sending_here.release()
+        return True
+
+    def send_everything_here(self, *, final: bool) -> None:
+        """flush() and shutdown() without a background thread: send until nothing waits,
+        no session token can be had, or the deadline passes (then give up what is left)."""
+        with self._sending_here:
+            while (self._unsent or len(self.buffer)) and not self._deadline.passed():
+                if not self._send_here(final=final):
+                    break
+            if final and self._deadline.passed():
+                self._give_up_everything_left()
+            self._answer(list(self._open_requests))
+
+    def _send_here(self, *, final: bool) -> bool:
+        self._sending_thread = threading.get_ident()
+        self._waiting_since = None
+        try:
+            return self._send_waiting(final=final)
+        finally:
+            self._sending_thread = None
 
     # -- sending (the flusher thread, or a sender thread) ------------------------------------
 

@@ -1,19 +1,27 @@
-"""What every client must do when the process exits or forks.
+"""What every client must do when its process exits or forks.
 
-This module owns one registry of live clients, held weakly so that registering never keeps
-a client alive, and the two process hooks installed once at import: an ``atexit`` hook
-that shuts each client down within its ``shutdown_timeout``, and an
-``os.register_at_fork`` child hook that tells each client it now lives in a new process.
+This module owns one registry of live clients, held weakly so that registering never
+keeps a client alive, and the process hooks that act on all of them:
+
+* at exit, each client shuts down within its ``shutdown_timeout``: through ``atexit``,
+  and, in the child processes of ``multiprocessing`` (which end with ``os._exit()`` and
+  skip ``atexit``), through the finalizers that ``multiprocessing`` runs before that;
+* after a fork, each client starts over in the child: through ``os.register_at_fork``,
+  and under uWSGI, which forks without running those hooks, through its post-fork hook.
+
 It does not own what a client does then (the client's own methods decide), and it never
-logs from the fork hook: logging's locks may have been inherited held.
+logs from a fork hook: logging's locks may have been inherited held.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
+
+from . import _uwsgi
 
 
 class ProcessBound(Protocol):
@@ -27,6 +35,7 @@ _live_clients: weakref.WeakSet[ProcessBound] = weakref.WeakSet()
 
 def register(client: ProcessBound) -> None:
     _live_clients.add(client)
+    _shut_down_before_multiprocessing_exits()
 
 
 def _shutdown_all_at_exit() -> None:
@@ -39,6 +48,45 @@ def _start_over_in_child() -> None:
         client._after_fork_in_child()
 
 
+# -- multiprocessing's child processes --------------------------------------------------
+
+#: The ``multiprocessing.util`` this process has hooked, if any.
+_hooked_multiprocessing: Any = None
+
+
+class _AfterForkAnchor:
+    """multiprocessing keeps an after-fork callback only while its object lives."""
+
+
+_anchor = _AfterForkAnchor()
+
+
+def _shut_down_before_multiprocessing_exits() -> None:
+    """Once ``multiprocessing`` is imported: shut every client down when this process, or
+    a child it starts, ends the way multiprocessing ends processes.
+
+    A child's run ends in ``util._exit_function()`` and then ``os._exit()``, so ``atexit``
+    never runs there; finalizers with an exit priority do. Each child clears the
+    finalizers it inherited before it runs and then calls the after-fork callbacks, so
+    the finalizer is registered again from one of those (spawned and forkserver children
+    call them too).
+    """
+    global _hooked_multiprocessing
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or util is _hooked_multiprocessing:
+        return
+    _hooked_multiprocessing = util
+    _register_finalizer(util)
+    util.register_after_fork(_anchor, lambda _anchor: _register_finalizer(util))
+
+
+def _register_finalizer(util: Any) -> None:
+    util.Finalize(None, _shutdown_all_at_exit, exitpriority=0)
+
+
 atexit.register(_shutdown_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_start_over_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(
+        before=_shut_down_before_multiprocessing_exits, after_in_child=_start_over_in_child
+    )
+_uwsgi.call_after_fork(_start_over_in_child)

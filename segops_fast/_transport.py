@@ -52,17 +52,23 @@ class Transport:
     def __init__(self, api_url: str, *, timeout: float, max_connections: int) -> None:
         url = urllib3.util.parse_url(api_url)
         self._path_prefix = (url.path or "").rstrip("/")
+        self._timeout = timeout
         self._pool = urllib3.connection_from_url(
             api_url,
             maxsize=max_connections,
             block=False,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
             retries=False,
             socket_options=_SOCKET_OPTIONS,
         )
 
-    def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        """Send one request; return its response whatever the status, or raise TransportError."""
+    def post(
+        self, path: str, body: bytes, headers: Mapping[str, str], at_most: float | None = None
+    ) -> Response:
+        """Send one request; return its response whatever the status, or raise TransportError.
+
+        ``at_most`` shortens the connect and read timeouts (a shutdown deadline is near).
+        """
+        seconds = self._timeout if at_most is None else min(self._timeout, at_most)
         all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
         try:
             response = self._pool.urlopen(
@@ -72,6 +78,7 @@ class Transport:
                 headers=all_headers,
                 retries=False,
                 redirect=False,
+                timeout=urllib3.Timeout(connect=seconds, read=seconds),
                 preload_content=True,
             )
         except (_Urllib3Error, OSError) as error:

@@ -8,22 +8,27 @@ import sys
 from segops_fast.testing import IngestServerProcess
 
 
-def test_demo_reports_exactly_once_and_its_rate() -> None:
+def test_demo_forks_workers_and_reports_exactly_once_per_process() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "segops_fast", "demo", "--events", "20000", "--threads", "3"],
+        [
+            *(sys.executable, "-m", "segops_fast", "demo"),
+            *("--events", "20000", "--workers", "3", "--threads", "2"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = dict(line.split("  ", 1) for line in result.stdout.splitlines() if "  " in line)
-    values = {label.strip(): value.strip() for label, value in lines.items()}
-    assert values["events tracked"] == "20,000"
-    assert values["delivered (distinct, at the server)"] == "20,000"
-    assert values["duplicates (stored twice)"] == "0"
-    assert values["lost"] == "0"
-    assert float(values["delivered events/s"].replace(",", "")) > 0
+    table = [line.split() for line in result.stdout.splitlines()[1:6]]
+    assert [row[0] for row in table] == ["master", "worker", "worker", "worker", "all"]
+    master, workers, total = table[0], table[1:4], table[4]
+    assert len({master[1], *(worker[2] for worker in workers)}) == 4, "one process each"
+    # tracked, delivered, duplicates, lost
+    assert master[2:6] == ["5", "5", "0", "0"]
+    for worker in workers:
+        assert worker[3:7] == [worker[3], worker[3], "0", "0"]
+    assert total[1:5] == ["20,005", "20,005", "0", "0"]
     assert "exactly once: yes" in result.stdout
 
 

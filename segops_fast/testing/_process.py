@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import orjson
 import urllib3
@@ -42,9 +43,22 @@ class IngestServerProcess:
         return self
 
     def summary(self) -> dict[str, int]:
-        response = urllib3.request("GET", f"{self.url}/_local/summary", timeout=30.0, retries=False)
-        result: dict[str, int] = orjson.loads(response.data)
+        """:meth:`LocalIngestServer.summary` of the server process."""
+        result: dict[str, int] = self._get("/_local/summary")
         return result
+
+    def summary_by_event_type(self) -> dict[str, dict[str, int]]:
+        """:meth:`LocalIngestServer.summary_by_event_type` of the server process."""
+        result: dict[str, dict[str, int]] = self._get("/_local/summary/by-event-type")
+        return result
+
+    def reset(self) -> None:
+        """:meth:`LocalIngestServer.reset` of the server process."""
+        urllib3.request("POST", self.url + "/_local/reset", body=b"", timeout=30.0, retries=False)
+
+    def _get(self, path: str) -> Any:
+        response = urllib3.request("GET", self.url + path, timeout=30.0, retries=False)
+        return orjson.loads(response.data)
 
     def stop(self) -> None:
         process = self._process

@@ -36,6 +36,9 @@ DEFAULT_PUBLIC_KEY = "pk_test_local"
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 
+#: The batch endpoints of Segment's (``/v1/batch``) and PostHog's (``/batch/``) SDKs.
+PEER_BATCH_PATHS = ("/v1/batch", "/batch/")
+
 
 @dataclass(frozen=True)
 class PublicKey:
@@ -191,9 +194,26 @@ class LocalIngestServer:
                 "repeated_key_requests": record.repeated_key_requests,
                 "repeated_key_events": record.repeated_key_events,
             }
-        unique = len({orjson.dumps(event, option=orjson.OPT_SORT_KEYS) for event in stored})
+        unique = _unique_count(stored)
         counts["unique_events"] = unique
         counts["duplicate_events"] = len(stored) - unique
+        return counts
+
+    def summary_by_event_type(self) -> dict[str, dict[str, int]]:
+        """``events``, ``unique_events`` and ``duplicate_events`` for each event type."""
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for event in self.events:
+            # Segment and PostHog messages name their type "event".
+            event_type = event.get("event_type", event.get("event", ""))
+            by_type.setdefault(str(event_type), []).append(event)
+        counts = {}
+        for event_type, events in sorted(by_type.items()):
+            unique = _unique_count(events)
+            counts[event_type] = {
+                "events": len(events),
+                "unique_events": unique,
+                "duplicate_events": len(events) - unique,
+            }
         return counts
 
     def revoke_sessions(self) -> None:
@@ -213,6 +233,11 @@ class LocalIngestServer:
     ) -> tuple[int, Any]:
         if method == "GET" and path == "/_local/summary":
             return 200, self.summary()
+        if method == "GET" and path == "/_local/summary/by-event-type":
+            return 200, self.summary_by_event_type()
+        if method == "POST" and path == "/_local/reset":
+            self.reset()
+            return 200, {}
         if method != "POST":
             return 405, {"detail": "method not allowed"}
         with self._lock:
@@ -221,6 +246,8 @@ class LocalIngestServer:
             status, answer = self._mint(headers.get("Authorization", ""), body)
         elif path in ("/api/ingestion/track/", "/api/ingestion/track/batch/"):
             status, answer = self._ingest(path, headers, body)
+        elif path in PEER_BATCH_PATHS:
+            status, answer = self._ingest_peer_batch(body)
         else:
             status, answer = 404, {"detail": f"no endpoint {path}"}
         if status >= 400:
@@ -297,6 +324,19 @@ class LocalIngestServer:
                 self._arrived.notify_all()
         return 200, {"accepted": len(events)}
 
+    def _ingest_peer_batch(self, body: bytes) -> tuple[int, Any]:
+        """Another SDK's batch, stored message by message, so that benchmarks can hold it
+        to the same server and the same exactly-once count; no auth, no idempotency."""
+        document = _json_object(body)
+        messages = None if document is None else document.get("batch")
+        if not isinstance(messages, list):
+            return 400, {"detail": 'a batch must be {"batch": [...]}'}
+        with self._arrived:
+            self._record.stored.append((None, messages))
+            self._record.event_count += len(messages)
+            self._arrived.notify_all()
+        return 200, {"status": "Ok"}
+
     def _credential_problem(self, authorization: str) -> str | None:
         scheme, _, credential = authorization.partition(" ")
         if scheme == "ApiKey":
@@ -314,6 +354,10 @@ class LocalIngestServer:
                 return "session token expired"
             return None
         return "missing or malformed Authorization header"
+
+
+def _unique_count(events: list[dict[str, Any]]) -> int:
+    return len({orjson.dumps(event, option=orjson.OPT_SORT_KEYS) for event in events})
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

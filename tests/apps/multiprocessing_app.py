@@ -17,9 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import segops_fast as segops
 
-client = segops.SegOpsClient(
-    os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=60
-)
+client = segops.SegOpsClient(os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=60)
 
 
 def run_task(task: int, events: int) -> int:

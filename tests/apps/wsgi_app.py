@@ -24,9 +24,7 @@ import orjson
 
 import segops_fast as segops
 
-client = segops.SegOpsClient(
-    os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=0.2
-)
+client = segops.SegOpsClient(os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=0.2)
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:

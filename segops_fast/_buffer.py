@@ -60,6 +60,9 @@ class EventBuffer:
 
     def __init__(self, capacity: int, batch_size: int, on_batch_ready: Callable[[], None]) -> None:
         self._queue: deque[Record] = deque()
+        #: The bound on events here plus events taken and not yet finished.
+        self._bound = capacity
+        #: Room for events here: the bound less what the consumer holds.
         self._capacity = capacity
         self._high_water = capacity // 2
         self._batch_size = batch_size
@@ -111,6 +114,23 @@ class EventBuffer:
     def disarm(self) -> None:
         """Consumer, once awake: producers stay on the fast path until the high-water mark."""
         self._attention_at = self._high_water
+
+    def hold(self, events: int) -> None:
+        """Consumer: ``events`` taken earlier are not finished; they count against the bound.
+
+        The fast path of :meth:`append` never looks at the capacity, only at
+        :attr:`_attention_at`, so that threshold is kept at or below the capacity.
+        """
+        if self._closed:
+            return
+        capacity = max(0, self._bound - events)
+        grew = capacity > self._capacity
+        self._capacity = capacity
+        self._high_water = min(self._bound // 2, capacity)
+        self._attention_at = min(self._attention_at, self._high_water)
+        if grew and self._producers_waiting_for_room:
+            with self._room:
+                self._room.notify_all()
 
     def take(self) -> list[Record]:
         """Consumer only: remove and return everything waiting, oldest first."""

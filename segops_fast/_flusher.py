@@ -243,7 +243,16 @@ class Flusher:
             self._counters.taken(len(records))
             self._in_flight[self._next_number] = len(records)
             self._next_number += len(records)
+            self._count_held_events()
         return records
+
+    def _count_held_events(self) -> None:
+        """Events taken but not finished still count against the queue bound, so that the
+        buffer and the requests together never hold more than ``max_queue_size`` (an
+        outage must not let a second full queue build up behind the retries). Call with
+        the lock held."""
+        held = sum(self._in_flight.values()) + sum(len(batch) for batch in self._unsent)
+        self.buffer.hold(held)
 
     def _batches(self, records: list[Record]) -> list[Batch]:
         """The batches of freshly taken ``records``, numbered on from the first of them."""
@@ -341,12 +350,14 @@ class Flusher:
                 self._unsent.extend(unavailable.unsent)
                 self._unsent.sort(key=lambda waiting: waiting.first)
                 del self._in_flight[batch.first]
+                self._count_held_events()
                 self._changed.notify_all()
             return
         for part in given_up:
             self._give_up(part, batch.first)
         with self._lock:
             del self._in_flight[batch.first]
+            self._count_held_events()
             self._changed.notify_all()
 
     # -- giving up and answering -------------------------------------------------------------
@@ -363,6 +374,7 @@ class Flusher:
         with self._lock:
             unsent = self._unsent
             self._unsent = []
+            self._count_held_events()
         for batch in unsent:
             message = f"SegOps: {len(batch)} events undelivered: {error}"
             failure = SegOpsApiError(message, undelivered=len(batch))

@@ -8,6 +8,7 @@ It does not own retries, authentication or what a status code means.
 
 from __future__ import annotations
 
+import codecs
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from urllib3.exceptions import HTTPError as _Urllib3Error
 from ._version import __version__
 
 USER_AGENT = f"segops-fast/{__version__}"
+
+# Connecting encodes the host name with the idna codec, whose module is imported on first
+# use. A fork while one of our threads holds that import's lock would leave the lock held
+# forever in the child, and the child's first connection would hang (found by the demo:
+# a worker forked while the parent's senders made their first connections). Looked up now,
+# the codec is cached and no sending thread ever imports anything.
+codecs.lookup("idna")
 
 # urllib3's defaults already disable Nagle (TCP_NODELAY); keep-alive probes let a dead
 # peer be noticed on idle pooled connections.

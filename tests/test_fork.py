@@ -183,3 +183,40 @@ def test_a_process_that_never_tracks_stays_single_threaded_when_it_forks(
     assert completed.returncode == 0, completed.stderr
     assert server.wait_for_events(2, timeout=10)
     assert sorted(event["event_type"] for event in server.events) == ["child", "parent"]
+
+
+def test_a_fork_while_another_thread_imports_leaves_a_working_child(
+    server: LocalIngestServer,
+) -> None:
+    # Found by the demo: a worker forked while the parent's senders made their first
+    # connections, which import the idna codec to encode the host name; the child then
+    # hung forever on that import's lock. Here another thread holds that lock at the fork,
+    # deterministically, in a fresh interpreter where nothing has connected yet.
+    script = textwrap.dedent(
+        f"""
+        import importlib._bootstrap as bootstrap, os, sys, threading
+        import segops_fast as segops
+        held, release = threading.Event(), threading.Event()
+
+        def importing():
+            with bootstrap._ModuleLockManager("encodings.idna"):
+                held.set()
+                release.wait()
+
+        threading.Thread(target=importing, daemon=True).start()
+        held.wait()
+        client = segops.SegOpsClient({server.url!r}, "sk_test_local")
+        pid = os.fork()
+        if pid == 0:
+            client.track(user_id="u", event_type="child")
+            client.flush(timeout=10)
+            os._exit(0)
+        release.set()
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert [event["event_type"] for event in server.events] == ["child"]

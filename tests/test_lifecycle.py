@@ -106,7 +106,7 @@ def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
     make_client: MakeClient,
 ) -> None:
     # Nothing listens on this port, and retries wait long: the flusher holds its first batch
-    # while the queue fills.
+    # while the queue fills. The event it holds counts against max_queue_size too.
     dropped: list[str] = []
     errors: list[BaseException] = []
     client = make_client(
@@ -121,27 +121,27 @@ def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
     time.sleep(0.3)  # let the flusher take the first event
     track_numbered(client, 50)
     stats = client.stats()
-    assert stats.dropped == 40
-    assert dropped == ["queue_full"] * 40
+    assert stats.dropped == 41
+    assert dropped == ["queue_full"] * 41
     assert stats.enqueued == 51
-    assert stats.queued == 11
+    assert stats.queued == 10
     assert sum("queue full" in str(error) for error in errors) == 1
     assert_idle_invariant(stats)
 
-    # The server never answers: shutdown keeps its deadline, and the 11 events still held
+    # The server never answers: shutdown keeps its deadline, and the 10 events still held
     # are handed to on_drop and counted, not lost.
     began = time.monotonic()
     with pytest.raises(segops.SegOpsApiError, match="shutdown deadline") as raised:
         client.shutdown(timeout=0.5)
     assert time.monotonic() - began < 2.0
-    assert raised.value.undelivered == 11
+    assert raised.value.undelivered == 10
     for _ in range(100):
         if client.stats().queued == 0:
             break
         time.sleep(0.05)
     stats = client.stats()
     assert (stats.dropped, stats.queued) == (51, 0)
-    assert dropped.count("shutdown_deadline") == 11
+    assert dropped.count("shutdown_deadline") == 10
     assert_idle_invariant(stats)
 
 

@@ -153,7 +153,9 @@ def test_uwsgi_delivers_exactly_once_through_recycling(
         "--max-requests", "25",
         # uWSGI otherwise keeps a worker for at least 10 s whatever max-requests says.
         "--min-worker-lifetime", "0",
-        "--die-on-term",
+        # SIGTERM stops gracefully: each worker finishes and runs its exit hooks. (With
+        # --die-on-term, SIGTERM kills the workers at once, even one still sending.)
+        "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
         # uWSGI can miss a stop signal that lands while it respawns a worker (seen with an
         # application that does nothing at all) and then waits 60 s before killing it.
         "--worker-reload-mercy", "10",

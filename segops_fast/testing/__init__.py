@@ -4,6 +4,7 @@
 runs the same server as ``segops-fast serve`` in a child process.
 """
 
+from ._faults import Faults
 from ._process import IngestServerProcess
 from ._server import (
     DEFAULT_PUBLIC_KEY,
@@ -16,6 +17,7 @@ from ._server import (
 __all__ = [
     "DEFAULT_PUBLIC_KEY",
     "DEFAULT_SECRET_KEY",
+    "Faults",
     "IngestServerProcess",
     "LocalIngestServer",
     "PublicKey",

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -29,12 +30,17 @@ from typing import Any
 
 import orjson
 
+from ._faults import HANG, RESET_AFTER_STORE, RESET_BEFORE_BODY, STATUS, Faults
+
 #: Accepted as a secret key unless the server is told otherwise.
 DEFAULT_SECRET_KEY = "sk_test_local"
 #: Accepted as a public key unless the server is told otherwise.
 DEFAULT_PUBLIC_KEY = "pk_test_local"
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+
+#: The endpoints that faults apply to.
+INGEST_PATHS = ("/api/ingestion/track/", "/api/ingestion/track/batch/")
 
 #: The batch endpoints of Segment's (``/v1/batch``) and PostHog's (``/batch/``) SDKs.
 PEER_BATCH_PATHS = ("/v1/batch", "/batch/")
@@ -76,6 +82,8 @@ class _Record:
     repeated_key_events: int = 0
     rejected_requests: int = 0
     sessions_minted: int = 0
+    #: Ingest requests that met a scripted fault instead of a plain answer.
+    faults_acted: int = 0
 
 
 class LocalIngestServer:
@@ -99,6 +107,8 @@ class LocalIngestServer:
             {DEFAULT_PUBLIC_KEY: PublicKey()} if public_keys is None else public_keys
         )
         self.token_ttl = token_ttl
+        #: What the next ingest requests suffer; see :class:`Faults`.
+        self.faults = Faults()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._record = _Record()
@@ -190,6 +200,7 @@ class LocalIngestServer:
                 "requests": record.requests,
                 "rejected_requests": record.rejected_requests,
                 "sessions_minted": record.sessions_minted,
+                "faults_acted": record.faults_acted,
                 "events": len(stored),
                 "repeated_key_requests": record.repeated_key_requests,
                 "repeated_key_events": record.repeated_key_events,
@@ -244,7 +255,7 @@ class LocalIngestServer:
             self._record.requests += 1
         if path == "/api/auth/session/":
             status, answer = self._mint(headers.get("Authorization", ""), body)
-        elif path in ("/api/ingestion/track/", "/api/ingestion/track/batch/"):
+        elif path in INGEST_PATHS:
             status, answer = self._ingest(path, headers, body)
         elif path in PEER_BATCH_PATHS:
             status, answer = self._ingest_peer_batch(body)
@@ -254,6 +265,15 @@ class LocalIngestServer:
             with self._lock:
                 self._record.rejected_requests += 1
         return status, answer
+
+    def _fault_acted(self) -> None:
+        with self._lock:
+            self._record.faults_acted += 1
+
+    def _rejected(self) -> None:
+        with self._lock:
+            self._record.requests += 1
+            self._record.rejected_requests += 1
 
     def _mint(self, authorization: str, body: bytes) -> tuple[int, Any]:
         scheme, _, key = authorization.partition(" ")
@@ -441,25 +461,60 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("GET")
 
     def _serve(self, method: str) -> None:
+        owner = self.server.owner
         length = self.headers.get("Content-Length")
         if method == "POST" and length is None:
             self._respond(411, {"detail": "Content-Length is required"})
             return
+        faults = owner.faults
+        fault = None
+        if method == "POST" and self.path in INGEST_PATHS:
+            if faults.latency:
+                time.sleep(faults.latency)
+            fault = faults.next_fault()
+            if fault is not None:
+                owner._fault_acted()
+                if fault.kind == HANG:
+                    time.sleep(fault.seconds)
+                elif fault.kind == RESET_BEFORE_BODY:
+                    self._reset_connection()
+                    return
         body = self.rfile.read(int(length)) if length else b""
+        if fault is not None and fault.kind == STATUS:
+            extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._respond(fault.status, {"detail": "a scripted fault"}, extra)
+            return
+        limit = faults.max_body_bytes
+        if limit is not None and self.path in INGEST_PATHS and len(body) > limit:
+            owner._rejected()
+            self._respond(413, {"detail": f"the body is over {limit} bytes"})
+            return
         headers = dict(self.headers.items())
-        status, answer = self.server.owner._handle(method, self.path, headers, body)
+        status, answer = owner._handle(method, self.path, headers, body)
+        if fault is not None and fault.kind == RESET_AFTER_STORE:
+            self._reset_connection()
+            return
         self._respond(status, answer)
 
-    def _respond(self, status: int, answer: Any) -> None:
+    def _respond(
+        self, status: int, answer: Any, extra_headers: dict[str, str] | None = None
+    ) -> None:
         payload = orjson.dumps(answer)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (extra_headers or {}).items())
         # Status line, headers and body in one write: one segment for small responses.
         head = (
             f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n"
-            "\r\n"
+            f"{extra}\r\n"
         ).encode("latin-1")
         self.wfile.write(head + payload)
+
+    def _reset_connection(self) -> None:
+        """Close with a TCP reset (RST), not a polite FIN: what a crashed proxy does."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: a test server that logs every request drowns the test output."""

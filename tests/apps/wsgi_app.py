@@ -3,7 +3,8 @@
 The client is a module-level global, created when the application is imported: in the
 master when it preloads, in each worker otherwise. ``GET /track?request=R&events=K``
 tracks K events with payloads ``{"request": R, "i": 0..K-1}`` and answers with the
-worker's pid and the names of its segops threads.
+worker's pid and the names of its segops threads. At exit each process prints its
+client's stats to stderr, which the tests show when they fail.
 
 ``SEGOPS_TEST_NO_THREADS=1`` under uWSGI makes it report no Python threads, as uWSGI
 before 2.0.22 does without ``--enable-threads``, so the client sends on the request path.
@@ -11,18 +12,28 @@ before 2.0.22 does without ``--enable-threads``, so the client sends on the requ
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
+import orjson
+
 if os.environ.get("SEGOPS_TEST_NO_THREADS") == "1":
     sys.modules["uwsgi"].has_threads = 0
 
-import orjson
 
-import segops_fast as segops
+def _report_at_exit() -> None:
+    stats = client.stats()
+    print(f"segops-stats pid={os.getpid()} {stats}", file=sys.stderr, flush=True)
+
+
+# Registered before segops_fast is imported (which registers the client's exit hook), so
+# that atexit, last in first out, runs it after the client has shut down.
+atexit.register(_report_at_exit)
+import segops_fast as segops  # noqa: E402
 
 client = segops.SegOpsClient(os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=0.2)
 

@@ -1,0 +1,361 @@
+"""One test per fault LocalIngestServer can stage, each counting events exactly.
+
+Every test ends with the same two checks: each event the server stored, it stored once,
+and ``enqueued == sent + dropped + failed + queued`` with ``sent`` equal to the server's
+distinct events.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import segops_fast as segops
+from segops_fast.testing import DEFAULT_PUBLIC_KEY, LocalIngestServer
+
+from .conftest import MakeClient, assert_idle_invariant, track_numbered
+
+EVENTS = 100
+#: Retries in milliseconds, so that a test of five retries takes no time.
+FAST_RETRIES: dict[str, Any] = {"backoff_base": 0.005, "backoff_cap": 0.05}
+
+
+def _assert_exactly_once(server: LocalIngestServer, client: segops.SegOpsClient) -> None:
+    summary = server.summary()
+    stats = client.stats()
+    assert summary["duplicate_events"] == 0, summary
+    assert summary["unique_events"] == stats.sent, (summary, stats)
+    assert_idle_invariant(stats)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_overload_and_server_errors_are_retried_under_one_key(
+    server: LocalIngestServer, make_client: MakeClient, status: int
+) -> None:
+    client = make_client(batch_size=EVENTS, **FAST_RETRIES)
+    server.faults.respond_with(status, count=3)
+    track_numbered(client, EVENTS)
+    client.flush()
+    assert server.summary()["faults_acted"] == 3
+    assert client.stats().retried == 3
+    assert len({received.idempotency_key for received in server.received}) == 1
+    assert client.stats().sent == EVENTS
+    _assert_exactly_once(server, client)
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_is_honoured_in_seconds_and_as_an_http_date(
+    server: LocalIngestServer, make_client: MakeClient, form: str
+) -> None:
+    client = make_client(backoff_base=0.001, backoff_cap=10)
+    # An HTTP date has whole seconds: 2 s ahead is at least 1 s of waiting.
+    retry_after = "1" if form == "seconds" else email.utils.formatdate(time.time() + 2, usegmt=True)
+    server.faults.respond_with(429, retry_after=retry_after)
+    began = time.monotonic()
+    track_numbered(client, 10)
+    client.flush()
+    # Without Retry-After the retry would come after at most 1 ms.
+    assert time.monotonic() - began >= 0.9
+    assert client.stats().sent == 10
+    _assert_exactly_once(server, client)
+
+
+def test_retry_after_is_capped_by_backoff_cap(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(backoff_base=0.001, backoff_cap=0.05)
+    server.faults.respond_with(503, retry_after="3600")
+    track_numbered(client, 10)
+    client.flush(timeout=30)
+    assert client.stats().sent == 10
+    _assert_exactly_once(server, client)
+
+
+def test_retries_exhausted_fail_the_batch_and_hand_it_to_on_drop(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    dropped: list[tuple[int, str]] = []
+    client = make_client(
+        max_retries=2,
+        on_drop=lambda events, reason: dropped.extend((e["payload"]["i"], reason) for e in events),
+        on_error=lambda error: None,
+        **FAST_RETRIES,
+    )
+    server.faults.respond_with(503, count=3)
+    track_numbered(client, 10)
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush()
+    assert raised.value.undelivered == 10
+    assert dropped == [(i, "failed") for i in range(10)]
+    stats = client.stats()
+    assert (stats.failed, stats.retried, stats.sent) == (10, 2, 0)
+    assert server.event_count == 0
+    _assert_exactly_once(server, client)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_refusals_fail_at_once_without_retrying(
+    server: LocalIngestServer, make_client: MakeClient, status: int
+) -> None:
+    reasons: list[str] = []
+    client = make_client(
+        on_drop=lambda events, reason: reasons.extend([reason] * len(events)),
+        on_error=lambda error: None,
+    )
+    server.faults.respond_with(status)
+    track_numbered(client, 10)
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush()
+    assert (raised.value.status, raised.value.undelivered) == (status, 10)
+    assert reasons == ["failed"] * 10
+    stats = client.stats()
+    assert (stats.failed, stats.retried) == (10, 0)
+    _assert_exactly_once(server, client)
+
+
+def test_401_on_a_session_token_re_mints_once(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(DEFAULT_PUBLIC_KEY)
+    track_numbered(client, 5)
+    client.flush()
+    server.faults.respond_with(401)
+    track_numbered(client, 5, event_type="after")
+    client.flush()
+    summary = server.summary()
+    assert summary["sessions_minted"] == 2
+    assert client.stats().sent == 10
+    _assert_exactly_once(server, client)
+
+
+def test_401_for_a_secret_key_names_it_masked(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client("sk_test_local", on_error=lambda error: None)
+    server.faults.respond_with(401)
+    client.track(user_id="u", event_type="e")
+    with pytest.raises(segops.SegOpsApiError, match=r"sk_\.\.\.ocal"):
+        client.flush()
+    assert client.stats().failed == 1
+    _assert_exactly_once(server, client)
+
+
+def test_413_splits_in_halves_with_derived_keys(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(batch_size=EVENTS)
+    server.faults.respond_with(413)
+    track_numbered(client, EVENTS)
+    client.flush()
+    keys = {received.idempotency_key for received in server.received}
+    assert len(keys) == 2
+    assert all(key is not None and key.endswith((".0", ".1")) for key in keys)
+    assert client.stats().sent == EVENTS
+    _assert_exactly_once(server, client)
+
+
+def test_a_body_size_limit_splits_until_batches_fit_and_fails_what_never_can(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    reasons: list[str] = []
+    client = make_client(
+        batch_size=EVENTS,
+        on_drop=lambda events, reason: reasons.extend([reason] * len(events)),
+        on_error=lambda error: None,
+    )
+    server.faults.max_body_bytes = 2_000
+    track_numbered(client, EVENTS)
+    client.track(user_id="u", event_type="huge", payload={"text": "x" * 5_000})
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush()
+    assert (raised.value.status, raised.value.undelivered) == (413, 1)
+    assert reasons == ["failed"]
+    assert server.summary()["unique_events"] == EVENTS
+    assert client.stats().failed == 1
+    _assert_exactly_once(server, client)
+
+
+def test_a_reset_before_the_body_is_read_is_retried(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(batch_size=EVENTS, **FAST_RETRIES)
+    server.faults.reset_before_body(count=2)
+    track_numbered(client, EVENTS)
+    client.flush()
+    assert client.stats().retried == 2
+    assert client.stats().sent == EVENTS
+    _assert_exactly_once(server, client)
+
+
+def test_a_lost_response_after_the_batch_was_stored_creates_no_duplicate(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(batch_size=EVENTS, **FAST_RETRIES)
+    server.faults.reset_after_store()
+    track_numbered(client, EVENTS)
+    client.flush()
+    summary = server.summary()
+    # The retry arrived with the key the server had stored: counted, not stored again.
+    assert (summary["repeated_key_requests"], summary["repeated_key_events"]) == (1, EVENTS)
+    assert summary["events"] == EVENTS
+    assert client.stats().sent == EVENTS
+    _assert_exactly_once(server, client)
+
+
+def test_a_hang_longer_than_the_timeout_is_retried_without_duplicates(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(batch_size=EVENTS, timeout=0.3, **FAST_RETRIES)
+    server.faults.hang(1.0)
+    track_numbered(client, EVENTS)
+    client.flush(timeout=30)
+    assert client.stats().retried >= 1
+    # The hung request is handled once it wakes up: by then its key is stored.
+    assert server.wait_for_events(EVENTS, timeout=5)
+    time.sleep(1.0)
+    assert server.summary()["events"] == EVENTS
+    assert client.stats().sent == EVENTS
+    _assert_exactly_once(server, client)
+
+
+def test_latency_on_every_request_costs_time_not_events(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client(batch_size=10)
+    server.faults.latency = 0.02
+    track_numbered(client, EVENTS)
+    client.flush()
+    assert client.stats().sent == EVENTS
+    _assert_exactly_once(server, client)
+
+
+def test_an_outage_keeps_events_queued_and_delivers_them_in_order_when_it_ends(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    # One request at a time, so the server stores batches in the order they were sent.
+    client = make_client(max_in_flight=1, max_retries=1000, **FAST_RETRIES)
+    server.stop()
+    track_numbered(client, 1000)
+    time.sleep(0.3)
+    assert client.stats().sent == 0
+    server.start()
+    client.flush(timeout=30)
+    assert [event["payload"]["i"] for event in server.events] == list(range(1000))
+    assert client.stats().sent == 1000
+    _assert_exactly_once(server, client)
+
+
+_FAULT = st.one_of(
+    st.tuples(st.just("status"), st.sampled_from([500, 502, 503, 429])),
+    st.tuples(st.sampled_from(["reset_before_body", "reset_after_store", "hang"]), st.none()),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    schedule=st.lists(_FAULT, max_size=6),
+    events=st.integers(min_value=1, max_value=400),
+    latency=st.sampled_from([0.0, 0.002]),
+    outage=st.booleans(),
+)
+def test_any_schedule_of_faults_delivers_each_event_exactly_once(
+    server: LocalIngestServer,
+    schedule: list[tuple[str, int | None]],
+    events: int,
+    latency: float,
+    outage: bool,
+) -> None:
+    server.reset()
+    server.faults.clear()
+    server.faults.latency = latency
+    for kind, status in schedule:
+        if kind == "status":
+            server.faults.respond_with(status or 500)
+        elif kind == "hang":
+            server.faults.hang(0.3)
+        else:
+            getattr(server.faults, kind)()
+    client = segops.SegOpsClient(
+        server.url,
+        "sk_test_local",
+        batch_size=50,
+        flush_interval=0.01,
+        timeout=0.2,
+        max_retries=100,
+        backoff_base=0.002,
+        backoff_cap=0.02,
+    )
+    try:
+        track_numbered(client, events // 2)
+        if outage:
+            server.stop()
+        track_numbered(client, events - events // 2, event_type="second_half")
+        if outage:
+            time.sleep(0.05)
+            server.start()
+        client.flush(timeout=60)
+        # A hung request may still be stored after the flush: its key makes it a repeat.
+        time.sleep(0.35 if any(kind == "hang" for kind, _ in schedule) else 0)
+        summary = server.summary()
+        assert summary["unique_events"] == summary["events"] == events, summary
+        assert client.stats().sent == events
+        _assert_exactly_once(server, client)
+    finally:
+        client.shutdown(timeout=10)
+
+
+def test_a_sixty_second_outage_at_fifty_thousand_events_a_second_keeps_memory_bounded(
+    server: LocalIngestServer,
+) -> None:
+    server.stop()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "apps" / "outage_memory.py"),
+            server.url,
+            "60",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout.readline().strip() == "outage over"
+        server.start()
+        process.stdin.write("server is back\n")
+        process.stdin.flush()
+        report = orjson.loads(process.stdout.readline())
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    tracked, during, after = report["tracked"], report["during"], report["after"]
+    assert tracked >= 2_900_000
+    # The queue (100,000 events) is full after 2 s; from then on memory must stay flat.
+    rss_when_full = next(rss for elapsed, rss in report["samples"] if elapsed >= 5)
+    peak = max(rss for _, rss in report["samples"])
+    assert peak - rss_when_full < 8 * 1024 * 1024, report["samples"]
+    assert during["queued"] <= 100_000
+    assert during["dropped"] + during["failed"] + during["queued"] == tracked
+    # Everything still queued when the server came back is delivered, in order.
+    assert after["sent"] == during["queued"]
+    numbers = [event["payload"]["i"] for event in server.events]
+    assert numbers == sorted(numbers)
+    assert server.summary()["unique_events"] == after["sent"]
+    assert after["enqueued"] == after["sent"] + after["dropped"] + after["failed"] + after["queued"]

@@ -149,10 +149,9 @@ class Delivery:
         remaining = [batch]
         while remaining:
             current = remaining.pop()
+            body = current.render_body()
             try:
-                outcome = self._send(
-                    BATCH_PATH, current.body, current.idempotency_key, len(current)
-                )
+                outcome = self._send(BATCH_PATH, body, current.idempotency_key, len(current))
             except _MintFailedError as failure:
                 raise SessionUnavailableError(
                     failure.error, [current, *reversed(remaining)]
@@ -161,7 +160,7 @@ class Delivery:
                 first, second = current.halves()
                 remaining.extend((second, first))
             elif isinstance(outcome, Response):
-                self._counters.acknowledged(len(current), len(current.body))
+                self._counters.acknowledged(len(current), len(body))
             else:
                 given_up.append(GivenUp(current.events(), outcome.reason, outcome.error))
         return given_up

@@ -20,6 +20,7 @@ import hmac
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -439,6 +440,12 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that went away (a timed-out retry, a staged reset)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def close_all_connections(self) -> None:
         """Wake handler threads blocked on idle keep-alive connections, so they end."""

@@ -363,3 +363,29 @@ def test_a_sixty_second_outage_at_fifty_thousand_events_a_second_keeps_memory_bo
     assert numbers == sorted(numbers)
     assert server.summary()["unique_events"] == after["sent"]
     assert after["enqueued"] == after["sent"] + after["dropped"] + after["failed"] + after["queued"]
+
+
+def test_shutdown_keeps_its_deadline_while_the_server_hangs(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    reasons: list[str] = []
+    client = make_client(
+        on_drop=lambda events, reason: reasons.extend([reason] * len(events)),
+        on_error=lambda error: None,
+    )
+    server.faults.hang(30.0, count=100)
+    track_numbered(client, 10)
+    began = time.monotonic()
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.shutdown(timeout=1.0)
+    # The deadline, plus a margin for a loaded machine: not the 30 s hang or the 10 s timeout.
+    assert time.monotonic() - began < 3.0
+    assert raised.value.undelivered == 10
+    for _ in range(100):
+        if client.stats().queued == 0:
+            break
+        time.sleep(0.05)
+    assert reasons == ["shutdown_deadline"] * 10
+    stats = client.stats()
+    assert (stats.dropped, stats.sent) == (10, 0)
+    assert_idle_invariant(stats)

@@ -37,7 +37,12 @@ def _free_port() -> int:
 
 
 def _get(port: int, request: int) -> dict[str, Any]:
-    """One request; a refused connection (a worker being replaced) is tried again."""
+    """One request, tried again when the connection is refused or reset unanswered.
+
+    A gthread worker that is stopping (recycled, or replaced by a HUP reload) resets the
+    connections it accepted but has not read. Had a request been handled before a reset,
+    trying it again would track its events twice, and the exactly-once check would fail.
+    """
     for _ in range(100):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
@@ -46,7 +51,7 @@ def _get(port: int, request: int) -> dict[str, Any]:
             assert response.status == 200, response.read()
             answer: dict[str, Any] = orjson.loads(response.read())
             return answer
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             time.sleep(0.05)
         finally:
             connection.close()

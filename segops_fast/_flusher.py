@@ -7,8 +7,11 @@ cutting everything waiting into batches of at most ``max_batch_bytes``, oldest f
 With ``max_in_flight`` above 1 it hands batches to that many sender threads, so that
 assembling the next batch overlaps with waiting for the server's answer to the last.
 It answers ``flush()`` and ``shutdown()`` requests and gives events up only through
-:class:`~segops_fast._delivery.GivenUp`. It does not own what a response means
-(:mod:`~segops_fast._delivery`) or the user's callbacks (the client's).
+:class:`~segops_fast._delivery.GivenUp`. Where no Python thread runs between requests
+(uWSGI without threads), the same cycle runs on the caller's thread instead, when due.
+Taken events that are not finished yet still count against the buffer's bound. It does
+not own what a response means (:mod:`~segops_fast._delivery`) or the user's callbacks
+(the client's).
 
 Events are numbered in the order they were taken from the buffer. A flush is done when
 every event numbered below its target is *finished* (acknowledged or given up); the

@@ -392,10 +392,14 @@ class SegOpsClient:
 
     def _refused(self, record: Record) -> None:
         if self._options.on_full == "block" and not self._closed:
-            buffer = self._pipeline.flusher.buffer
+            flusher = self._pipeline.flusher
             while not self._closed:
-                buffer.wait_for_room(None)
-                if buffer.append(record):
+                if flusher.has_background_thread:
+                    flusher.buffer.wait_for_room(None)
+                else:
+                    # Nobody else will make room: send from here.
+                    flusher.send_everything_here(final=False)
+                if flusher.buffer.append(record):
                     return
         reason = REASON_CLOSED if self._closed else REASON_QUEUE_FULL
         self._pipeline.counters.refused_at_track(1)

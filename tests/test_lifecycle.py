@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import weakref
 from typing import Any
 
@@ -225,3 +226,20 @@ def test_a_raising_callback_never_reaches_the_caller(
     client.shutdown()
     client.track(user_id="u", event_type="late")
     assert any("callback raised" in record.getMessage() for record in caplog.records)
+
+
+def test_without_threads_a_full_queue_in_block_mode_sends_from_the_callers_thread(
+    server: LocalIngestServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What uWSGI without --enable-threads reports; no thread of ours may start then.
+    monkeypatch.setitem(sys.modules, "uwsgi", types.SimpleNamespace(has_threads=0))
+    with pytest.warns(RuntimeWarning, match="--enable-threads"):
+        client = make_client(max_queue_size=10, batch_size=1000, flush_interval=60, on_full="block")
+    tracking = threading.Thread(target=track_numbered, args=(client, 50))
+    tracking.start()
+    tracking.join(timeout=30)
+    assert not tracking.is_alive(), "track() blocked for good on a full queue"
+    assert not [t for t in threading.enumerate() if t.name.startswith("segops-fast")]
+    client.flush()
+    assert server.summary()["unique_events"] == 50
+    assert_idle_invariant(client.stats())

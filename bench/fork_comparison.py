@@ -16,6 +16,7 @@ child's 1,000 arrive once.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -36,26 +37,18 @@ CHILD_TIMEOUT = 20.0
 Adapter = tuple[Callable[[str, int], None], Callable[[], None], Callable[[], None]]
 
 
-def _segops_fast(url: str) -> Adapter:
-    import segops_fast  # noqa: PLC0415
+def _segops_api(module_name: str) -> Callable[[str], Adapter]:
+    """segops 0.2.2 and segops_fast share one API: the drop-in promise."""
 
-    client = segops_fast.SegOpsClient(url, DEFAULT_SECRET_KEY)
-    return (
-        lambda kind, i: client.track(user_id="u", event_type=kind, payload={"i": i}),
-        client.flush,
-        client.shutdown,
-    )
+    def build(url: str) -> Adapter:
+        client = importlib.import_module(module_name).SegOpsClient(url, DEFAULT_SECRET_KEY)
+        return (
+            lambda kind, i: client.track(user_id="u", event_type=kind, payload={"i": i}),
+            client.flush,
+            client.shutdown,
+        )
 
-
-def _segops(url: str) -> Adapter:
-    import segops  # noqa: PLC0415
-
-    client = segops.SegOpsClient(url, DEFAULT_SECRET_KEY)
-    return (
-        lambda kind, i: client.track(user_id="u", event_type=kind, payload={"i": i}),
-        client.flush,
-        client.shutdown,
-    )
+    return build
 
 
 def _segment(url: str) -> Adapter:
@@ -81,10 +74,10 @@ def _posthog(url: str) -> Adapter:
 
 
 CLIENTS: dict[str, Callable[[str], Adapter]] = {
-    "segops 0.2.2": _segops,
+    "segops 0.2.2": _segops_api("segops"),
     "segment-analytics-python": _segment,
     "posthog": _posthog,
-    "segops_fast": _segops_fast,
+    "segops_fast": _segops_api("segops_fast"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -41,6 +42,13 @@ def track_numbered(client: segops.SegOpsClient, count: int, event_type: str = "e
     """Track ``count`` events whose payloads are ``{"i": 0}`` to ``{"i": count - 1}``."""
     for index in range(count):
         client.track(user_id="u", event_type=event_type, payload={"i": index})
+
+
+def wait_until_nothing_queued(client: segops.SegOpsClient, timeout: float = 5.0) -> None:
+    """After a shutdown deadline the threads settle what they held; wait for that."""
+    deadline = time.monotonic() + timeout
+    while client.stats().queued and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def assert_idle_invariant(stats: segops.Stats) -> None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import segops_fast as segops
 from segops_fast.testing import DEFAULT_PUBLIC_KEY, LocalIngestServer
 
-from .conftest import MakeClient, assert_idle_invariant, track_numbered
+from .conftest import MakeClient, assert_idle_invariant, track_numbered, wait_until_nothing_queued
 
 EVENTS = 100
 #: Retries in milliseconds, so that a test of five retries takes no time.
@@ -381,10 +381,7 @@ def test_shutdown_keeps_its_deadline_while_the_server_hangs(
     # The deadline, plus a margin for a loaded machine: not the 30 s hang or the 10 s timeout.
     assert time.monotonic() - began < 3.0
     assert raised.value.undelivered == 10
-    for _ in range(100):
-        if client.stats().queued == 0:
-            break
-        time.sleep(0.05)
+    wait_until_nothing_queued(client)
     assert reasons == ["shutdown_deadline"] * 10
     stats = client.stats()
     assert (stats.dropped, stats.sent) == (10, 0)

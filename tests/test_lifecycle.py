@@ -17,7 +17,7 @@ import pytest
 import segops_fast as segops
 from segops_fast.testing import LocalIngestServer
 
-from .conftest import MakeClient, assert_idle_invariant, track_numbered
+from .conftest import MakeClient, assert_idle_invariant, track_numbered, wait_until_nothing_queued
 
 
 def test_flush_blocks_until_the_server_has_every_event(
@@ -136,10 +136,7 @@ def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
         client.shutdown(timeout=0.5)
     assert time.monotonic() - began < 2.0
     assert raised.value.undelivered == 10
-    for _ in range(100):
-        if client.stats().queued == 0:
-            break
-        time.sleep(0.05)
+    wait_until_nothing_queued(client)
     stats = client.stats()
     assert (stats.dropped, stats.queued) == (51, 0)
     assert dropped.count("shutdown_deadline") == 10

@@ -347,14 +347,18 @@ def test_a_sixty_second_outage_at_fifty_thousand_events_a_second_keeps_memory_bo
             process.wait()
     tracked, during, after = report["tracked"], report["during"], report["after"]
     assert tracked >= 2_900_000
-    # The queue (100,000 events) is full after 2 s. What it costs is what memory grew by
-    # until then; over the remaining 55 s it must not grow by that much again. (It creeps
-    # by about 0.3 MB/s: allocator fragmentation as failed batches make room for new
-    # events; tracemalloc shows the live objects flat.)
-    baseline = report["samples"][0][1]
-    rss_when_full = next(rss for elapsed, rss in report["samples"] if elapsed >= 5)
-    peak = max(rss for _, rss in report["samples"])
-    assert peak - rss_when_full < rss_when_full - baseline, report["samples"]
+    # The queue (100,000 events) is full after 2 s: what memory grew by until then is what
+    # a full queue costs. It keeps creeping afterwards, by about 0.3 MB/s (tracemalloc
+    # shows the live objects flat; the allocator, as failed batches make room for new
+    # events), so the checks are: over the last 30 s, 1.5 million more events tracked grow
+    # it by less than half a queue, and it never reaches three queues' worth.
+    samples = report["samples"]
+    baseline = samples[0][1]
+    queue_cost = next(rss for elapsed, rss in samples if elapsed >= 5) - baseline
+    rss_at_30_seconds = next(rss for elapsed, rss in samples if elapsed >= 30)
+    peak = max(rss for _, rss in samples)
+    assert peak - rss_at_30_seconds < queue_cost / 2, samples
+    assert peak - baseline < 3 * queue_cost, samples
     assert during["queued"] <= 100_000
     assert during["dropped"] + during["failed"] + during["queued"] == tracked
     # Everything still queued when the server came back is delivered, in order.

@@ -211,7 +211,12 @@ class Flusher:
             self._session_error = None
             records = [] if retry else self._take_numbered()
             answerable = list(self._open_requests)
-        self._dispatch(retry + self._batches(records))
+        batches = retry or self._batches(records)
+        # From here only ``batches`` holds the events, and _dispatch lets go of each batch
+        # once it is finished: while the API is down a cycle lasts minutes, and finished
+        # batches kept until its end would let a second queue's worth of events build up.
+        del retry, records
+        self._dispatch(batches)
         # Settling before the next cycle keeps the session error and the flush answers
         # consistent; requests within one cycle still overlap.
         with self._lock:
@@ -269,13 +274,18 @@ class Flusher:
         return batches
 
     def _dispatch(self, batches: list[Batch]) -> None:
-        """Send ``batches`` in order, here or through the senders, max_in_flight at most."""
+        """Send ``batches`` in order, here or through the senders, max_in_flight at most.
+
+        Empties ``batches`` as it goes, so that a finished batch's events can be freed.
+        """
         with self._lock:
             # Every batch is unfinished before the first is sent (this also replaces the
             # entry that stood for all the records since they were taken).
             for batch in batches:
                 self._in_flight[batch.first] = len(batch)
-        for batch in batches:
+        batches.reverse()
+        while batches:
+            batch = batches.pop()
             with self._lock:
                 if self._session_error is not None:
                     # A sender found no session token: keep the rest for the next cycle.

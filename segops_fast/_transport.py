@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import socket
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ class Transport:
                 preload_content=True,
             )
         except (_Urllib3Error, OSError) as error:
+            _release_frames(error)
             raise TransportError(f"{type(error).__name__}: {error}") from error
         return Response(response.status, response.data, response.headers.get("Retry-After"))
 
@@ -109,3 +111,22 @@ class Transport:
         if connections is not None:
             connections.mutex._at_fork_reinit()  # type: ignore[attr-defined]
         self._pool.close()
+
+
+def _release_frames(error: BaseException) -> None:
+    """Clear the local variables of the finished frames in ``error``'s tracebacks.
+
+    urllib3 keeps the exception it is handling in a local variable of a frame that is in
+    that exception's own traceback: a reference cycle, which only the cyclic garbage
+    collector frees. Each of its frames also holds its caller's frame, so the cycle kept
+    the whole sending stack alive with it, batch and rendered body included. In a long
+    outage the collector ran rarely enough that dozens of failed batches piled up
+    (measured: memory grew 0.3 MB/s after the queue was full). Clearing the frames breaks
+    the cycles, and everything is freed as soon as the request has failed.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        traceback.clear_frames(cause.__traceback__)
+        cause = cause.__cause__ or cause.__context__

@@ -44,11 +44,17 @@ def track_numbered(client: segops.SegOpsClient, count: int, event_type: str = "e
         client.track(user_id="u", event_type=event_type, payload={"i": index})
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail the test if it still does not after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not true after {timeout} s"
+        time.sleep(0.02)
+
+
 def wait_until_nothing_queued(client: segops.SegOpsClient, timeout: float = 5.0) -> None:
     """After a shutdown deadline the threads settle what they held; wait for that."""
-    deadline = time.monotonic() + timeout
-    while client.stats().queued and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: client.stats().queued == 0, timeout)
 
 
 def assert_idle_invariant(stats: segops.Stats) -> None:

@@ -20,7 +20,14 @@ import orjson
 
 from . import _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
-from ._delivery import REASON_FAILED, Deadline, Delivery, GivenUp, RetryPolicy
+from ._delivery import (
+    REASON_FAILED,
+    REASON_RETRIES_EXHAUSTED,
+    Deadline,
+    Delivery,
+    GivenUp,
+    RetryPolicy,
+)
 from ._encoding import Record, context_fields, encode_event, event_fields, render_event
 from ._errors import InvalidEventError, SegOpsApiError
 from ._flusher import Flusher
@@ -130,7 +137,7 @@ class _Pipeline:
     def settle(self, given_up: GivenUp) -> None:
         """Count events that will not be delivered, and tell the user."""
         count = len(given_up.events)
-        if given_up.reason == REASON_FAILED:
+        if given_up.reason in (REASON_FAILED, REASON_RETRIES_EXHAUSTED):
             self.counters.failed_in_flight(count)
         else:
             self.counters.dropped_in_flight(count)

@@ -25,8 +25,12 @@ from ._transport import Response, Transport, TransportError
 BATCH_PATH = "/api/ingestion/track/batch/"
 SINGLE_PATH = "/api/ingestion/track/"
 
-#: Why events were given up, as passed to ``on_drop``.
+#: Why events were given up, as passed to ``on_drop``. Failed: the server refused them, or
+#: they could not be sent at all; it does not have them.
 REASON_FAILED = "failed"
+#: Every attempt went unanswered or was answered 429/5xx. The server may have stored them
+#: all the same (an answer lost on the last attempt), so a replay can duplicate them.
+REASON_RETRIES_EXHAUSTED = "retries_exhausted"
 REASON_SHUTDOWN_DEADLINE = "shutdown_deadline"
 
 
@@ -201,7 +205,7 @@ class Delivery:
             except _RetryableError as retryable:
                 retryable.error.undelivered = events
                 if attempt >= self._policy.max_retries:
-                    return _Failure(REASON_FAILED, retryable.error)
+                    return _Failure(REASON_RETRIES_EXHAUSTED, retryable.error)
                 delay = self._policy.delay(attempt, retryable.retry_after)
                 if self._deadline.sleep(delay):
                     return _Failure(REASON_SHUTDOWN_DEADLINE, retryable.error)

@@ -102,7 +102,7 @@ def test_retries_exhausted_fail_the_batch_and_hand_it_to_on_drop(
     with pytest.raises(segops.SegOpsApiError) as raised:
         client.flush()
     assert raised.value.undelivered == 10
-    assert dropped == [(i, "failed") for i in range(10)]
+    assert dropped == [(i, "retries_exhausted") for i in range(10)]
     stats = client.stats()
     assert (stats.failed, stats.retried, stats.sent) == (10, 2, 0)
     assert server.event_count == 0

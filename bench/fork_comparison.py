@@ -16,76 +16,29 @@ child's 1,000 arrive once.
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
-import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import orjson
+from clients import BUILDERS, NO_OP, run_fresh
 
-from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
+from segops_fast.testing import IngestServerProcess
 
 CHILDREN, CHILD_EVENTS, PARENT_EVENTS = 4, 1000, 5
 CHILD_TIMEOUT = 20.0
 
-#: Each client as (track(event_type, index), flush(), shutdown()) built from a server URL.
-#: Each imports its library inside: a scenario process must load only the client it
-#: measures, never another library's fork hooks or threads.
-Adapter = tuple[Callable[[str, int], None], Callable[[], None], Callable[[], None]]
-
-
-def _segops_api(module_name: str) -> Callable[[str], Adapter]:
-    """segops 0.2.2 and segops_fast share one API: the drop-in promise."""
-
-    def build(url: str) -> Adapter:
-        client = importlib.import_module(module_name).SegOpsClient(url, DEFAULT_SECRET_KEY)
-        return (
-            lambda kind, i: client.track(user_id="u", event_type=kind, payload={"i": i}),
-            client.flush,
-            client.shutdown,
-        )
-
-    return build
-
-
-def _segment(url: str) -> Adapter:
-    from segment.analytics.client import Client  # noqa: PLC0415
-
-    client = Client("write-key", host=url)
-    return (
-        lambda kind, i: client.track("u", kind, {"i": i}),
-        client.flush,
-        client.shutdown,
-    )
-
-
-def _posthog(url: str) -> Adapter:
-    from posthog import Posthog  # noqa: PLC0415
-
-    client = Posthog("phc_project_key", host=url)
-    return (
-        lambda kind, i: client.capture(kind, distinct_id="u", properties={"i": i}),
-        client.flush,
-        client.shutdown,
-    )
-
-
-CLIENTS: dict[str, Callable[[str], Adapter]] = {
-    "segops 0.2.2": _segops_api("segops"),
-    "segment-analytics-python": _segment,
-    "posthog": _posthog,
-    "segops_fast": _segops_api("segops_fast"),
-}
+#: The clients compared: every one but the no-op floor, segops_fast last.
+CLIENTS = [name for name in BUILDERS if name not in (NO_OP, "segops_fast")] + ["segops_fast"]
 
 
 def scenario(name: str, url: str) -> dict[str, Any]:
     """Run in a fresh process: the parent's side of the fork scenario."""
-    track, flush, shutdown = CLIENTS[name](url)
+    client = BUILDERS[name](url)
     for index in range(PARENT_EVENTS):
-        track("parent", index)
+        client.send("u", "parent", {"i": index})
     children = []
     for number in range(CHILDREN):
         pid = os.fork()
@@ -93,8 +46,8 @@ def scenario(name: str, url: str) -> dict[str, Any]:
             code = 1
             try:
                 for index in range(CHILD_EVENTS):
-                    track(f"child-{number}", index)
-                flush()
+                    client.send("u", f"child-{number}", {"i": index})
+                client.flush()
                 code = 0
             finally:
                 os._exit(code)
@@ -112,8 +65,8 @@ def scenario(name: str, url: str) -> dict[str, Any]:
                 hung += 1
                 break
             time.sleep(0.05)
-    flush()
-    shutdown()
+    client.flush()
+    client.shutdown()
     return {"hung_children": hung, "failed_children": failed}
 
 
@@ -151,16 +104,7 @@ def main() -> None:
     with IngestServerProcess() as server:
         for name in CLIENTS:
             server.reset()
-            completed = subprocess.run(
-                [sys.executable, __file__, "--scenario", name, server.url],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            if completed.returncode != 0:
-                raise SystemExit(f"{name}: the scenario failed:\n{completed.stderr}")
-            outcome = orjson.loads(completed.stdout.splitlines()[-1])
+            outcome = run_fresh(__file__, "--scenario", name, server.url, timeout=300)
             rows.append(_row(name, outcome, server.summary_by_event_type()))
     for row in rows:
         print("| " + " | ".join(row) + " |")

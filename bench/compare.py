@@ -1,0 +1,322 @@
+"""segops_fast side by side with the no-op floor, segops 0.2.2, Segment's and PostHog's SDKs.
+
+    pip install -e ".[dev,bench]"
+    python bench/compare.py                 # about 3 minutes; writes bench/results/comparison.*
+
+One LocalIngestServer runs in its own process. Each client runs in a fresh process, one
+producer thread, default settings, payload ``{"path": "/home", "i": i}``, user ids cycling
+over 1,000, in two passes of ``--events`` events:
+
+* latency: each track() call timed on its own (``perf_counter_ns`` around the call; the
+  arguments are built before the clock starts, the timer's cost is in every row, the
+  floor's included), while the client's own threads deliver what came before;
+* throughput: track() as fast as the thread can, then flush(): delivered events/s is what
+  the server stored, counted at the server, over the time from the first call until
+  flush() returned.
+
+Then segops_fast alone: throughput with 20 ms of server latency for max_in_flight 1, 2,
+4 and 8; and the memory a queued event costs (tracemalloc, 100,000 events queued).
+
+It writes ``comparison.json``, ``comparison.md`` (the tables, ratios and targets) and
+``comparison.png`` into ``--out``, and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import orjson
+from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, run_fresh, segops_fast_with
+
+import segops_fast
+from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
+
+IN_FLIGHT_SETTINGS = (1, 2, 4, 8)
+IN_FLIGHT_LATENCY = 0.020
+QUEUED_FOR_MEMORY = 100_000
+RESULTS = Path(__file__).parent / "results"
+
+
+def _payloads(event_type: str, count: int, client: Client) -> list[Any]:
+    return [
+        client.call(f"user-{i % 1000}", event_type, {"path": "/home", "i": i}) for i in range(count)
+    ]
+
+
+def _percentile(sorted_values: list[int], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))] / 1000
+
+
+# -- what runs in each fresh process -----------------------------------------------------------
+
+
+def measure_client(name: str, url: str, events: int) -> dict[str, Any]:
+    """The latency pass then the throughput pass, for one client."""
+    client = BUILDERS[name](url)
+    track = client.track
+    clock = time.perf_counter_ns
+    calls = _payloads("latency", events, client)
+    durations = [0] * events
+    for index, (args, kwargs) in enumerate(calls):
+        began = clock()
+        track(*args, **kwargs)
+        durations[index] = clock() - began
+    client.flush()
+    del calls
+    durations.sort()
+    result: dict[str, Any] = {
+        "mean_us": sum(durations) / len(durations) / 1000,
+        "p50_us": _percentile(durations, 0.50),
+        "p99_us": _percentile(durations, 0.99),
+        "p999_us": _percentile(durations, 0.999),
+    }
+    result.update(_throughput(client, events))
+    client.shutdown()
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _throughput(client: Client, events: int) -> dict[str, Any]:
+    track = client.track
+    calls = _payloads("throughput", events, client)
+    began = time.perf_counter()
+    for args, kwargs in calls:
+        track(*args, **kwargs)
+    client.flush()
+    return {"throughput_seconds": time.perf_counter() - began}
+
+
+def measure_in_flight(url: str, events: int, max_in_flight: int) -> dict[str, Any]:
+    client = segops_fast_with(max_in_flight=max_in_flight)(url)
+    result = _throughput(client, events)
+    client.shutdown()
+    return result
+
+
+def measure_queued_memory(url: str) -> dict[str, Any]:
+    """Bytes per queued event. Nothing is sent but the very first event, which starts the
+    flusher: the batch never fills, the interval is an hour, and the queue's high-water
+    mark (half its size, where the flusher is woken) is above what is queued."""
+    client = segops_fast.SegOpsClient(
+        url,
+        DEFAULT_SECRET_KEY,
+        batch_size=10 * QUEUED_FOR_MEMORY,
+        flush_interval=3600,
+        max_queue_size=4 * QUEUED_FOR_MEMORY,
+    )
+    client.track(user_id="user-0", event_type="first", payload={"path": "/home", "i": 0})
+    client.flush()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(QUEUED_FOR_MEMORY):
+        client.track(
+            user_id=f"user-{i % 1000}", event_type="queued", payload={"path": "/home", "i": i}
+        )
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    queued = client.stats().queued
+    client.shutdown()
+    return {"queued": queued, "bytes_per_event": (after - before) / queued}
+
+
+# -- the parent: one server, a process per measurement, the report -------------------------------
+
+
+def _run(mode: str, url: str, *arguments: object) -> dict[str, Any]:
+    return run_fresh(__file__, "--measure", mode, url, *arguments, timeout=900)
+
+
+def compare(events: int) -> dict[str, Any]:
+    clients: dict[str, Any] = {}
+    in_flight: dict[str, Any] = {}
+    with IngestServerProcess() as server:
+        for name in BUILDERS:
+            server.reset()
+            result = _run("client", server.url, name, events)
+            stored = server.summary_by_event_type()
+            for kind in ("latency", "throughput"):
+                counts = stored.get(kind, {"unique_events": 0, "duplicate_events": 0})
+                result[f"{kind}_stored"] = counts["unique_events"]
+                result[f"{kind}_duplicates"] = counts["duplicate_events"]
+            result["events_per_second"] = result["throughput_stored"] / result["throughput_seconds"]
+            clients[name] = result
+        server.reset()
+        memory = _run("memory", server.url)
+    with IngestServerProcess(["--latency", str(IN_FLIGHT_LATENCY)]) as slow_server:
+        for setting in IN_FLIGHT_SETTINGS:
+            slow_server.reset()
+            result = _run("in-flight", slow_server.url, events, setting)
+            stored = slow_server.summary()["unique_events"]
+            result["stored"] = stored
+            result["events_per_second"] = stored / result["throughput_seconds"]
+            in_flight[str(setting)] = result
+    return {
+        "events": events,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "clients": clients,
+        "in_flight": in_flight,
+        "memory": memory,
+    }
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Each target of the performance issue: what it asks, what was measured, met or not."""
+    clients = results["clients"]
+    fast, floor = clients[SEGOPS_FAST], clients[NO_OP]
+    segops_old = clients["segops 0.2.2"]
+    rate = fast["events_per_second"]
+    rows = [
+        (
+            "track() mean at most 3x the no-op floor",
+            f"{fast['mean_us'] / floor['mean_us']:.1f}x ({fast['mean_us']:.2f} us)",
+            fast["mean_us"] <= 3 * floor["mean_us"],
+        ),
+        ("track() p50 at most 1 us", f"{fast['p50_us']:.2f} us", fast["p50_us"] <= 1.0),
+        ("track() p99 at most 5 us", f"{fast['p99_us']:.2f} us", fast["p99_us"] <= 5.0),
+    ]
+    for name, factor in (
+        ("segops 0.2.2", 25),
+        ("segment-analytics-python 2.4.0", 30),
+        ("posthog 7.91.1", 60),
+    ):
+        ratio = clients[name]["mean_us"] / fast["mean_us"]
+        rows.append((f"track() mean {factor}x lower than {name}", f"{ratio:.0f}x", ratio >= factor))
+    ratio = rate / segops_old["events_per_second"]
+    rows += [
+        ("delivered events/s 10x segops 0.2.2", f"{ratio:.1f}x", ratio >= 10),
+        ("delivered events/s at least 300,000", f"{rate:,.0f}", rate >= 300_000),
+    ]
+    sweep = [results["in_flight"][str(n)]["events_per_second"] for n in IN_FLIGHT_SETTINGS]
+    rows.append(
+        (
+            "with 20 ms latency, throughput grows with max_in_flight (1, 2, 4, 8)",
+            " / ".join(f"{value:,.0f}" for value in sweep),
+            sweep[1] > sweep[0],
+        )
+    )
+    per_event = results["memory"]["bytes_per_event"]
+    rows.append(("at most 300 bytes per queued event", f"{per_event:.0f} B", per_event <= 300))
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    clients = results["clients"]
+    fast = clients[SEGOPS_FAST]
+    lines = [
+        f"{results['events']:,} events per pass, one producer thread, Python {results['python']},"
+        f" {results['cpus']} CPUs.",
+        "",
+        "| client | track() mean | p50 | p99 | p99.9 | mean vs segops_fast "
+        "| delivered events/s | vs segops_fast | stored of sent | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in clients.items():
+        delivered = "-" if name == NO_OP else f"{row['events_per_second']:,.0f}"
+        versus_rate = (
+            "-" if name == NO_OP else f"{row['events_per_second'] / fast['events_per_second']:.2f}x"
+        )
+        stored = (
+            "-"
+            if name == NO_OP
+            else (
+                f"{row['latency_stored'] + row['throughput_stored']:,} of {2 * results['events']:,}"
+            )
+        )
+        lines.append(
+            f"| {name} | {row['mean_us']:.2f} us | {row['p50_us']:.2f} us | {row['p99_us']:.2f} us"
+            f" | {row['p999_us']:.2f} us | {row['mean_us'] / fast['mean_us']:.2f}x | {delivered}"
+            f" | {versus_rate} | {stored} | {row['peak_rss_mb']:.0f} MB |"
+        )
+    lines += [
+        "",
+        f"segops_fast with {IN_FLIGHT_LATENCY * 1000:.0f} ms of server latency per request:",
+        "",
+        "| max_in_flight | delivered events/s |",
+        "|---|---|",
+    ]
+    for setting, row in results["in_flight"].items():
+        lines.append(f"| {setting} | {row['events_per_second']:,.0f} |")
+    memory = results["memory"]
+    lines += [
+        "",
+        f"Memory: {memory['bytes_per_event']:.0f} bytes per queued event "
+        f"({memory['queued']:,} queued, tracemalloc).",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for target, measured, met in targets(results):
+        lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    clients = results["clients"]
+    names = list(clients)
+    figure, (latency, rate) = plt.subplots(1, 2, figsize=(12, 4.5))
+    positions = range(len(names))
+    for offset, (key, label) in enumerate(
+        (("mean_us", "mean"), ("p50_us", "p50"), ("p99_us", "p99"))
+    ):
+        latency.bar(
+            [p + (offset - 1) * 0.27 for p in positions],
+            [clients[name][key] for name in names],
+            width=0.27,
+            label=label,
+        )
+    latency.set_yscale("log")
+    latency.set_ylabel("track() cost, microseconds (log)")
+    latency.set_xticks(list(positions), names, rotation=20, ha="right")
+    latency.legend()
+    peers = [name for name in names if name != NO_OP]
+    rate.bar(peers, [clients[name]["events_per_second"] for name in peers], color="tab:green")
+    rate.set_ylabel("delivered events/s (one producer)")
+    rate.tick_params(axis="x", rotation=20)
+    plt.setp(rate.get_xticklabels(), ha="right")
+    figure.suptitle(f"segops_fast vs peers, {results['events']:,} events, one producer thread")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events per pass")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    arguments = parser.parse_args()
+    results = compare(arguments.events)
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    (arguments.out / "comparison.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2)
+    )
+    report = markdown(results)
+    (arguments.out / "comparison.md").write_text(report)
+    chart(results, arguments.out / "comparison.png")
+    print(report)
+
+
+def measure(mode: str, url: str, arguments: list[str]) -> dict[str, Any]:
+    if mode == "client":
+        return measure_client(arguments[0], url, int(arguments[1]))
+    if mode == "in-flight":
+        return measure_in_flight(url, int(arguments[0]), int(arguments[1]))
+    return measure_queued_memory(url)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--measure"]:
+        print(orjson.dumps(measure(sys.argv[2], sys.argv[3], sys.argv[4:])).decode())
+    else:
+        main()

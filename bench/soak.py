@@ -159,7 +159,7 @@ def main() -> int:
     }
     unanswered = {event for event, reason in given_up.items() if reason == "retries_exhausted"}
     stored_unanswered = len(unanswered & stored)
-    refused = len(given_up) - len(unanswered)
+    refused = sum(1 for reason in given_up.values() if reason == "failed")
     stored_as_expected = len(stored) == totals["sent"] + stored_unanswered
     lost = sum(
         1

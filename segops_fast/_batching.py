@@ -21,13 +21,16 @@ _ENVELOPE_BYTES = len(_BODY_OPEN) + len(_BODY_CLOSE)
 class Batch:
     """Events bound for one request, with the key every attempt of that request carries."""
 
-    __slots__ = ("first", "idempotency_key", "records")
+    __slots__ = ("first", "idempotency_key", "maybe_stored", "records")
 
     def __init__(self, records: list[Record], idempotency_key: str, first: int = 0) -> None:
         self.records = records
         self.idempotency_key = idempotency_key
         #: The number of its first event, in the order events were taken from the buffer.
         self.first = first
+        #: An attempt went unanswered: the server may have stored it, so giving it up
+        #: later must say so.
+        self.maybe_stored = False
 
     def render_body(self) -> bytes:
         """The request body. Built when it is about to be sent, and not kept: while the API

@@ -4,8 +4,11 @@ This module owns what a response means: which statuses are retried (429, 5xx, no
 response) and how long to wait between attempts (exponential backoff with full jitter,
 ``Retry-After`` honoured up to the cap); 413 splits a batch in half; 401 re-mints a
 ``pk_`` session once; anything else refuses the events at once. Every attempt of a
-request carries the same ``Idempotency-Key``. It does not own batching, threads, or what
-happens to events it gives up (the flusher hands them to ``on_drop`` and the counters).
+request carries the same ``Idempotency-Key``. When the API cannot be reached at all, no
+retry is spent: the batches are handed back unsent, to wait with the queue (an outage
+costs memory up to the queue's bound, not events). It does not own batching, threads, or
+what happens to events it gives up (the flusher hands them to ``on_drop`` and the
+counters).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ._batching import Batch
 from ._errors import SegOpsApiError
 from ._session import SessionManager
 from ._stats import DeliveryCounters
-from ._transport import Response, Transport, TransportError
+from ._transport import Response, Transport, TransportError, UnreachableError
 
 BATCH_PATH = "/api/ingestion/track/batch/"
 SINGLE_PATH = "/api/ingestion/track/"
@@ -45,8 +48,10 @@ class RetryPolicy:
         asked = _retry_after_seconds(retry_after)
         if asked is not None:
             return min(asked, self.backoff_cap)
-        # Full jitter: spreads the retries of many clients over the whole window.
-        return random.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**attempt))
+        # Full jitter: spreads the retries of many clients over the whole window. The
+        # exponent is bounded so that a large max_retries cannot overflow the float.
+        window = self.backoff_base * 2.0 ** min(attempt, 64)
+        return random.uniform(0.0, min(self.backoff_cap, window))
 
 
 class Deadline:
@@ -100,8 +105,11 @@ class GivenUp:
     error: SegOpsApiError
 
 
-class SessionUnavailableError(Exception):
-    """No session token could be minted; the events in ``unsent`` stay queued."""
+class ApiUnavailableError(Exception):
+    """No request could be made: the API cannot be reached, or no session token can be had.
+
+    The batches in ``unsent`` were not delivered and stay queued.
+    """
 
     def __init__(self, error: BaseException, unsent: list[Batch]) -> None:
         super().__init__(str(error))
@@ -116,10 +124,14 @@ class _Failure:
 
 
 class _RetryableError(Exception):
-    def __init__(self, error: SegOpsApiError, retry_after: str | None) -> None:
+    def __init__(
+        self, error: SegOpsApiError, retry_after: str | None, *, answer_lost: bool
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+        #: The request was sent but no answer came: the server may have stored it.
+        self.answer_lost = answer_lost
 
 
 class Delivery:
@@ -145,8 +157,8 @@ class Delivery:
     def deliver_batch(self, batch: Batch) -> list[GivenUp]:
         """Send ``batch`` (split on 413); return what was given up, count what was acknowledged.
 
-        Raises :class:`SessionUnavailableError` carrying the batches not yet sent when no
-        session token can be had.
+        Raises :class:`ApiUnavailableError` carrying the batches not yet delivered when the
+        API cannot be reached or no session token can be had.
         """
         given_up: list[GivenUp] = []
         # A stack, second half pushed first, so that split batches still go out in order.
@@ -156,10 +168,9 @@ class Delivery:
             body = current.render_body()
             try:
                 outcome = self._send(BATCH_PATH, body, current.idempotency_key, len(current))
-            except _MintFailedError as failure:
-                raise SessionUnavailableError(
-                    failure.error, [current, *reversed(remaining)]
-                ) from None
+            except _NotSentError as not_sent:
+                current.maybe_stored |= not_sent.after_lost_answer
+                raise ApiUnavailableError(not_sent.error, [current, *reversed(remaining)]) from None
             if isinstance(outcome, Response) and outcome.status == 413:
                 first, second = current.halves()
                 remaining.extend((second, first))
@@ -173,9 +184,10 @@ class Delivery:
         """Send one event synchronously to the single-event endpoint (``batch=False``)."""
         try:
             outcome = self._send(SINGLE_PATH, event, idempotency_key, 1)
-        except _MintFailedError as failure:
-            error = SegOpsApiError(f"SegOps: no session token: {failure.error}", undelivered=1)
-            return GivenUp([event], REASON_FAILED, error)
+        except _NotSentError as not_sent:
+            error = SegOpsApiError(f"SegOps: not sent: {not_sent.error}", undelivered=1)
+            reason = REASON_RETRIES_EXHAUSTED if not_sent.after_lost_answer else REASON_FAILED
+            return GivenUp([event], reason, error)
         if isinstance(outcome, Response):
             self._counters.acknowledged(1, len(event))
             return None
@@ -185,25 +197,25 @@ class Delivery:
         self, path: str, body: bytes, idempotency_key: str, events: int
     ) -> Response | _Failure:
         """The 2xx response to ``body`` after retries (or its 413, when there are events to
-        split), or why it was given up: a single event refused as too large is a failure."""
+        split), or why it was given up: a single event refused as too large is a failure.
+
+        Raises :class:`_NotSentError` when an attempt could not be made at all.
+        """
         attempt = 0
         reminted = False
+        answer_lost = False
         while True:
             if self._deadline.passed():
                 error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=events)
                 return _Failure(REASON_SHUTDOWN_DEADLINE, error)
             try:
                 response = self._attempt(path, body, idempotency_key)
-                if response.ok or (response.status == 413 and events > 1):
-                    return response
-                if response.status == 401 and self._session is not None and not reminted:
-                    # The token may have been revoked or may have expired early: one re-mint.
-                    self._session.invalidate()
-                    reminted = True
-                    continue
-                return _Failure(REASON_FAILED, self._refusal(response, events))
+            except _NotSentError as not_sent:
+                not_sent.after_lost_answer = answer_lost
+                raise
             except _RetryableError as retryable:
                 retryable.error.undelivered = events
+                answer_lost |= retryable.answer_lost
                 if attempt >= self._policy.max_retries:
                     return _Failure(REASON_RETRIES_EXHAUSTED, retryable.error)
                 delay = self._policy.delay(attempt, retryable.retry_after)
@@ -211,6 +223,15 @@ class Delivery:
                     return _Failure(REASON_SHUTDOWN_DEADLINE, retryable.error)
                 attempt += 1
                 self._counters.retry()
+                continue
+            if response.ok or (response.status == 413 and events > 1):
+                return response
+            if response.status == 401 and self._session is not None and not reminted:
+                # The token may have been revoked or may have expired early: one re-mint.
+                self._session.invalidate()
+                reminted = True
+                continue
+            return _Failure(REASON_FAILED, self._refusal(response, events))
 
     def _attempt(self, path: str, body: bytes, idempotency_key: str) -> Response:
         if self._session is None:
@@ -219,19 +240,22 @@ class Delivery:
             try:
                 authorization = self._session.authorization()
             except (SegOpsApiError, TransportError) as error:
-                raise _MintFailedError(error) from None
+                raise _NotSentError(error) from None
         headers = {"Authorization": authorization, "Idempotency-Key": idempotency_key}
         try:
             response = self._transport.post(path, body, headers, self._deadline.remaining())
+        except UnreachableError as error:
+            raise _NotSentError(error) from None
         except TransportError as error:
-            raise _RetryableError(SegOpsApiError(f"SegOps: no response: {error}"), None) from None
+            no_response = SegOpsApiError(f"SegOps: no response: {error}")
+            raise _RetryableError(no_response, None, answer_lost=True) from None
         if response.status == 429 or response.status >= 500:
             overloaded = SegOpsApiError(
                 f"SegOps: HTTP {response.status}: {response.text()}",
                 status=response.status,
                 body=response.text(),
             )
-            raise _RetryableError(overloaded, response.retry_after)
+            raise _RetryableError(overloaded, response.retry_after, answer_lost=False)
         return response
 
     def _refusal(self, response: Response, events: int) -> SegOpsApiError:
@@ -246,10 +270,14 @@ class Delivery:
         )
 
 
-class _MintFailedError(Exception):
+class _NotSentError(Exception):
+    """An attempt could not be made: no connection to the API, or no session token."""
+
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+        #: An earlier attempt of the same request went unanswered: it may be stored.
+        self.after_lost_answer = False
 
 
 def mask_key(api_key: str) -> str:

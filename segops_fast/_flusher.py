@@ -15,7 +15,11 @@ not own what a response means (:mod:`~segops_fast._delivery`) or the user's call
 
 Events are numbered in the order they were taken from the buffer. A flush is done when
 every event numbered below its target is *finished* (acknowledged or given up); the
-finished watermark is the lowest number still in a request or waiting for a session.
+finished watermark is the lowest number still in a request or waiting for the API.
+
+When the API cannot be reached (or no session token can be had), the batches not yet
+delivered wait in ``_unsent`` and are tried again once per ``flush_interval``, before
+anything newer; meanwhile they count against the queue bound like queued events.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from ._batching import Batch, assemble_batches
 from ._buffer import EventBuffer
 from ._delivery import (
     REASON_FAILED,
+    REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
+    ApiUnavailableError,
     Deadline,
     Delivery,
     GivenUp,
-    SessionUnavailableError,
 )
 from ._encoding import Record, render_event
 from ._errors import SegOpsApiError
@@ -108,9 +113,9 @@ class Flusher:
         self._to_send: deque[Batch] = deque()
         #: First event number -> event count of each batch whose fate is not known.
         self._in_flight: dict[int, int] = {}
-        #: Batches that wait for a session token, and the error that stopped them.
+        #: Batches that wait for the API to be reachable, and the error that stopped them.
         self._unsent: list[Batch] = []
-        self._session_error: BaseException | None = None
+        self._unavailable_error: BaseException | None = None
         #: The number the next event taken from the buffer gets.
         self._next_number = 0
         #: Without a background thread: when the oldest waiting event arrived, and which
@@ -129,6 +134,7 @@ class Flusher:
                 return None
             request = FlushRequest(target)
             self._open_requests.append(request)
+            self._changed.notify_all()
         self._wake_up()
         return request
 
@@ -202,13 +208,16 @@ class Flusher:
         return stopping and not self._unsent and not len(self.buffer)
 
     def _send_waiting(self, *, final: bool) -> bool:
-        """Send the batches waiting for a session token, or else everything in the buffer,
-        then answer the flushes asked for so far. False if no session token could be had;
-        when ``final``, the batches that needed one are then given up."""
+        """Send the batches waiting for the API, or else everything in the buffer, then
+        answer the flushes asked for so far. False if the API could not be reached (or no
+        session token could be had); when ``final``, the batches not sent are given up."""
         with self._lock:
             retry = self._unsent
             self._unsent = []
-            self._session_error = None
+            # Unfinished without a gap: a flush asked for now must still wait for them.
+            for batch in retry:
+                self._in_flight[batch.first] = len(batch)
+            self._unavailable_error = None
             records = [] if retry else self._take_numbered()
             answerable = list(self._open_requests)
         batches = retry or self._batches(records)
@@ -217,15 +226,15 @@ class Flusher:
         # batches kept until its end would let a second queue's worth of events build up.
         del retry, records
         self._dispatch(batches)
-        # Settling before the next cycle keeps the session error and the flush answers
+        # Settling before the next cycle keeps the unavailable error and the flush answers
         # consistent; requests within one cycle still overlap.
         with self._lock:
             self._changed.wait_for(lambda: not self._in_flight)
-            blocked = self._session_error
+            blocked = self._unavailable_error
         if blocked is not None:
             self._report_error(blocked)
             if final:
-                # Shutting down and no token can be had: these cannot be delivered.
+                # Shutting down and the API cannot be reached: these cannot be delivered.
                 self._give_up_unsent(REASON_FAILED, blocked)
         self._answer(answerable)
         return blocked is None
@@ -235,8 +244,16 @@ class Flusher:
         self._wake.clear()
         if self._stopping or self._open_requests:
             return
+        if self._unsent:
+            # The API could not be reached: try again after flush_interval, however full
+            # the buffer gets (producers above its high-water mark would wake us at once).
+            with self._lock:
+                self._changed.wait_for(
+                    lambda: self._stopping or bool(self._open_requests), self._flush_interval
+                )
+            return
         self.buffer.arm()
-        if self._unsent or len(self.buffer) < self._batch_size:
+        if len(self.buffer) < self._batch_size:
             self._wake.wait(self._flush_interval)
         self.buffer.disarm()
 
@@ -287,8 +304,8 @@ class Flusher:
         while batches:
             batch = batches.pop()
             with self._lock:
-                if self._session_error is not None:
-                    # A sender found no session token: keep the rest for the next cycle.
+                if self._unavailable_error is not None:
+                    # A sender could not reach the API: keep the rest for the next cycle.
                     del self._in_flight[batch.first]
                     self._unsent.append(batch)
                     continue
@@ -325,7 +342,7 @@ class Flusher:
 
     def send_everything_here(self, *, final: bool) -> None:
         """flush() and shutdown() without a background thread: send until nothing waits,
-        no session token can be had, or the deadline passes (then give up what is left)."""
+        the API cannot be reached, or the deadline passes (then give up what is left)."""
         with self._sending_here:
             while (self._unsent or len(self.buffer)) and not self._deadline.passed():
                 if not self._send_here(final=final):
@@ -357,9 +374,9 @@ class Flusher:
     def _send(self, batch: Batch) -> None:
         try:
             given_up = self._delivery.deliver_batch(batch)
-        except SessionUnavailableError as unavailable:
+        except ApiUnavailableError as unavailable:
             with self._lock:
-                self._session_error = unavailable.error
+                self._unavailable_error = unavailable.error
                 self._unsent.extend(unavailable.unsent)
                 self._unsent.sort(key=lambda waiting: waiting.first)
                 del self._in_flight[batch.first]
@@ -391,7 +408,13 @@ class Flusher:
         for batch in unsent:
             message = f"SegOps: {len(batch)} events undelivered: {error}"
             failure = SegOpsApiError(message, undelivered=len(batch))
-            self._give_up(GivenUp(batch.events(), reason, failure), batch.first)
+            # Never sent this time, but an earlier attempt may have been stored unanswered.
+            why = (
+                REASON_RETRIES_EXHAUSTED
+                if reason == REASON_FAILED and batch.maybe_stored
+                else reason
+            )
+            self._give_up(GivenUp(batch.events(), why, failure), batch.first)
 
     def _give_up_everything_left(self) -> None:
         """The shutdown deadline passed: drop what waits, once the requests under way end."""
@@ -413,13 +436,18 @@ class Flusher:
             return
         with self._lock:
             finished = self._finished_watermark()
+            blocked = self._unavailable_error
+            answered = []
             for request in requests:
-                if finished < request.target and self._session_error is not None:
-                    request.note_undelivered(
-                        finished, request.target - finished, self._session_error
-                    )
-            self._open_requests = [r for r in self._open_requests if r not in requests]
-        for request in requests:
+                if finished >= request.target:
+                    answered.append(request)
+                elif blocked is not None:
+                    request.note_undelivered(finished, request.target - finished, blocked)
+                    answered.append(request)
+                # Otherwise some of its events were still in the buffer when this cycle
+                # began (it only retried batches held back): the next cycle takes them.
+            self._open_requests = [r for r in self._open_requests if r not in answered]
+        for request in answered:
             request.finish()
 
     def _finished_watermark(self) -> int:

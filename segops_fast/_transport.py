@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import urllib3
 from urllib3.connection import HTTPConnection
+from urllib3.exceptions import ConnectTimeoutError as _ConnectFailed
 from urllib3.exceptions import HTTPError as _Urllib3Error
 
 from ._version import __version__
@@ -55,6 +56,11 @@ class TransportError(Exception):
     """No response: the connection failed, was reset, or timed out."""
 
 
+class UnreachableError(TransportError):
+    """No connection could be made (refused, unresolvable, or too slow to connect), so the
+    request was not sent: the server certainly does not have it."""
+
+
 class Transport:
     """POSTs JSON bodies to one SegOps deployment over a connection pool."""
 
@@ -92,7 +98,10 @@ class Transport:
             )
         except (_Urllib3Error, OSError) as error:
             _release_frames(error)
-            raise TransportError(f"{type(error).__name__}: {error}") from error
+            # urllib3 raises NewConnectionError and NameResolutionError as subclasses of
+            # ConnectTimeoutError: every way of failing before a byte was sent.
+            failure = UnreachableError if isinstance(error, _ConnectFailed) else TransportError
+            raise failure(f"{type(error).__name__}: {error}") from error
         return Response(response.status, response.data, response.headers.get("Retry-After"))
 
     def close(self) -> None:

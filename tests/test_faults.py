@@ -248,17 +248,43 @@ def test_latency_on_every_request_costs_time_not_events(
 def test_an_outage_keeps_events_queued_and_delivers_them_in_order_when_it_ends(
     server: LocalIngestServer, make_client: MakeClient
 ) -> None:
-    # One request at a time, so the server stores batches in the order they were sent.
-    client = make_client(max_in_flight=1, max_retries=1000, **FAST_RETRIES)
+    # One request at a time, so the server stores batches in the order they were sent. No
+    # retries at all: a request that cannot connect was never sent, and spends none.
+    client = make_client(max_in_flight=1, max_retries=0, on_error=lambda error: None)
     server.stop()
     track_numbered(client, 1000)
     time.sleep(0.3)
-    assert client.stats().sent == 0
+    # flush() says what is undelivered, and those events stay queued.
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush(timeout=30)
+    assert raised.value.undelivered == 1000
+    stats = client.stats()
+    assert (stats.sent, stats.failed, stats.queued) == (0, 0, 1000)
     server.start()
     client.flush(timeout=30)
     assert [event["payload"]["i"] for event in server.events] == list(range(1000))
     assert client.stats().sent == 1000
     _assert_exactly_once(server, client)
+
+
+def test_shutdown_during_an_outage_hands_what_is_held_to_on_drop_as_failed(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    dropped: list[tuple[int, str]] = []
+    client = make_client(
+        on_drop=lambda events, reason: dropped.extend((e["payload"]["i"], reason) for e in events),
+        on_error=lambda error: None,
+    )
+    server.stop()
+    track_numbered(client, 100)
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.shutdown(timeout=5)
+    assert raised.value.undelivered == 100
+    # Never sent: the server certainly does not have them.
+    assert sorted(dropped) == [(i, "failed") for i in range(100)]
+    stats = client.stats()
+    assert (stats.failed, stats.queued) == (100, 0)
+    assert_idle_invariant(stats)
 
 
 _FAULT = st.one_of(
@@ -355,10 +381,10 @@ def test_a_sixty_second_outage_at_fifty_thousand_events_a_second_keeps_memory_bo
     tracked, during, after = report["tracked"], report["during"], report["after"]
     assert tracked >= 2_900_000
     # The queue (100,000 events) is full after 2 s: what memory grew by until 5 s is what a
-    # full queue costs (about 20 MB). The first batches fail after their retries, 10 to
-    # 20 s in; from then on failed batches make room for new events, and memory must stay
-    # flat: over the last 30 s (1.5 million more events, a dozen failed batches) it grows
-    # by less than a tenth of a queue, and it never reaches one and a half queues' worth.
+    # full queue costs (about 20 MB). The batches that could not be sent wait with it, and
+    # every event tracked after that is dropped and counted; memory must stay flat: over
+    # the last 30 s (1.5 million more events, a connection refused every flush_interval)
+    # it grows by less than a tenth of a queue, and never reaches one and a half queues.
     samples = report["samples"]
     baseline = samples[0][1]
     queue_cost = next(rss for elapsed, rss in samples if elapsed >= 5) - baseline
@@ -367,7 +393,9 @@ def test_a_sixty_second_outage_at_fifty_thousand_events_a_second_keeps_memory_bo
     assert peak - rss_at_30_seconds < queue_cost / 10, samples
     assert peak - baseline < 1.5 * queue_cost, samples
     assert during["queued"] <= 100_000
-    assert during["dropped"] + during["failed"] + during["queued"] == tracked
+    # An outage costs the events that found the queue full, never those already queued.
+    assert during["failed"] == 0
+    assert during["dropped"] + during["queued"] == tracked
     # Everything still queued when the server came back is delivered, in order.
     assert after["sent"] == during["queued"]
     numbers = [event["payload"]["i"] for event in server.events]
@@ -383,7 +411,7 @@ def test_a_failed_request_frees_its_events_without_waiting_for_the_garbage_colle
     # each failed batch would stay in memory until the cyclic collector ran (in a long
     # outage, dozens of batches later). With the collector off, none of our frames may be
     # left in cyclic garbage once the batch has failed.
-    server.stop()
+    server.faults.reset_before_body(count=3)
     client = make_client(
         max_retries=2, backoff_base=0.01, backoff_cap=0.01, on_error=lambda error: None
     )

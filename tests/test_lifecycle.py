@@ -106,8 +106,8 @@ def test_default_on_error_logs_to_the_segops_fast_logger(
 def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
     make_client: MakeClient,
 ) -> None:
-    # Nothing listens on this port, and retries wait long: the flusher holds its first batch
-    # while the queue fills. The event it holds counts against max_queue_size too.
+    # Nothing listens on this port: the flusher holds its first batch until the API can be
+    # reached, while the queue fills. The event it holds counts against max_queue_size too.
     dropped: list[str] = []
     errors: list[BaseException] = []
     client = make_client(
@@ -129,17 +129,17 @@ def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
     assert sum("queue full" in str(error) for error in errors) == 1
     assert_idle_invariant(stats)
 
-    # The server never answers: shutdown keeps its deadline, and the 10 events still held
-    # are handed to on_drop and counted, not lost.
+    # Still unreachable at shutdown: the 10 events held were never sent, and are handed to
+    # on_drop as failed and counted, not lost.
     began = time.monotonic()
-    with pytest.raises(segops.SegOpsApiError, match="shutdown deadline") as raised:
+    with pytest.raises(segops.SegOpsApiError, match="could not be delivered") as raised:
         client.shutdown(timeout=0.5)
     assert time.monotonic() - began < 2.0
     assert raised.value.undelivered == 10
     wait_until_nothing_queued(client)
     stats = client.stats()
-    assert (stats.dropped, stats.queued) == (51, 0)
-    assert dropped.count("shutdown_deadline") == 10
+    assert (stats.dropped, stats.failed, stats.queued) == (41, 10, 0)
+    assert dropped.count("failed") == 10
     assert_idle_invariant(stats)
 
 

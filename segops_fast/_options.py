@@ -58,28 +58,28 @@ class Options:
             raise ValueError(f"api_url must be an http:// or https:// URL, got {self.api_url!r}")
         if not isinstance(self.api_key, str) or not self.api_key:
             raise ValueError("api_key must be a non-empty str (sk_... or pk_...)")
-        _at_least("batch_size", self.batch_size, 1)
-        _positive("flush_interval", self.flush_interval)
-        _positive("timeout", self.timeout)
-        _at_least("max_queue_size", self.max_queue_size, 1)
+        at_least("batch_size", self.batch_size, 1)
+        positive("flush_interval", self.flush_interval)
+        positive("timeout", self.timeout)
+        at_least("max_queue_size", self.max_queue_size, 1)
         if self.on_full not in ON_FULL_POLICIES:
             raise ValueError(f"on_full must be one of {ON_FULL_POLICIES}, got {self.on_full!r}")
-        _at_least("max_event_bytes", self.max_event_bytes, 64)
-        _at_least(
+        at_least("max_event_bytes", self.max_event_bytes, 64)
+        at_least(
             "max_batch_bytes", self.max_batch_bytes, self.max_event_bytes + _BATCH_ENVELOPE_BYTES
         )
-        _at_least("max_in_flight", self.max_in_flight, 1)
-        _at_least("max_retries", self.max_retries, 0)
-        _positive("backoff_base", self.backoff_base)
-        _at_least("backoff_cap", self.backoff_cap, self.backoff_base)
-        _at_least("shutdown_timeout", self.shutdown_timeout, 0)
+        at_least("max_in_flight", self.max_in_flight, 1)
+        at_least("max_retries", self.max_retries, 0)
+        positive("backoff_base", self.backoff_base)
+        at_least("backoff_cap", self.backoff_cap, self.backoff_base)
+        at_least("shutdown_timeout", self.shutdown_timeout, 0)
 
 
-def _positive(name: str, value: float) -> None:
+def positive(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a number above 0, got {value!r}")
 
 
-def _at_least(name: str, value: float, minimum: float) -> None:
+def at_least(name: str, value: float, minimum: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be a number of at least {minimum}, got {value!r}")

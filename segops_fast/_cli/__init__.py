@@ -1,13 +1,14 @@
 """The ``segops-fast`` command: argument parsing and dispatch to one module per subcommand.
 
-Exit status: 0 success, 1 the command ran but its check failed, 2 usage error.
+Exit status: 0 success, 1 the command ran but its check failed (or, for ``send``, some
+events failed or were invalid), 2 usage error, 130 interrupted (``send``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from . import _demo, _serve
+from . import _demo, _send, _serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve.add_parser(commands)
     _demo.add_parser(commands)
+    _send.add_parser(commands)
     arguments = parser.parse_args(argv)
     result: int = arguments.run(arguments)
     return result

@@ -1,0 +1,135 @@
+"""JSON Lines input: where each part of the input starts and ends, and reading it in chunks.
+
+This module owns the input files: splitting a plain file into byte ranges that start at
+line boundaries (one per process), reading a range (plain, ``.gz`` or stdin) from any
+line start in large chunks, with the byte position after every line, and keeping a line
+that never ends from taking all memory. Positions count uncompressed bytes. It does not
+parse JSON or know what an event is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+STDIN = "-"
+CHUNK_BYTES = 1 << 20
+#: A line longer than this is not read into memory whole: it is reported as too long.
+MAX_LINE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """The lines of ``path`` that start at or after ``start`` and before ``end``."""
+
+    path: str
+    start: int
+    #: None: to the end of the input (stdin and ``.gz`` files are not split).
+    end: int | None
+
+    @property
+    def splittable(self) -> bool:
+        return self.path != STDIN and not self.path.endswith(".gz")
+
+
+def plan_ranges(paths: list[str], parts: int) -> list[InputRange]:
+    """Each plain file split into ``parts`` ranges of about equal size at line starts."""
+    ranges: list[InputRange] = []
+    for path in paths:
+        whole = InputRange(path, 0, None)
+        if not whole.splittable or parts == 1:
+            ranges.append(whole)
+            continue
+        size = os.path.getsize(path)
+        with open(path, "rb") as file:
+            cuts = (_line_start_at_or_after(file, size * n // parts) for n in range(1, parts))
+            starts = sorted({0, *cuts})
+        bounds = [start for start in starts if start < size] or [0]
+        for start, end in zip(bounds, [*bounds[1:], size]):
+            ranges.append(InputRange(path, start, end))
+    return ranges
+
+
+def _line_start_at_or_after(file: BinaryIO, offset: int) -> int:
+    """The first position at or after ``offset`` where a line starts."""
+    if offset == 0:
+        return 0
+    file.seek(offset - 1)
+    # The byte before offset: if it ends a line, a line starts at offset.
+    file.readline()
+    return file.tell()
+
+
+def input_size(path: str) -> int | None:
+    """Bytes the progress bar counts for ``path`` (compressed for ``.gz``); None for stdin."""
+    return None if path == STDIN else os.path.getsize(path)
+
+
+class RangeReader:
+    """Reads the lines of one range, from position ``start`` (a line start within it)."""
+
+    def __init__(self, input_range: InputRange, start: int) -> None:
+        self.range = input_range
+        self._start = start
+        self._raw: BinaryIO
+        self._file: BinaryIO
+        if input_range.path == STDIN:
+            self._raw = self._file = sys.stdin.buffer
+            _skip(self._file, start)
+        elif input_range.path.endswith(".gz"):
+            self._raw = open(input_range.path, "rb")  # noqa: SIM115 (closed in close())
+            self._file = gzip.GzipFile(fileobj=self._raw)  # type: ignore[assignment]
+            _skip(self._file, start)
+        else:
+            self._raw = self._file = open(input_range.path, "rb")  # noqa: SIM115
+            self._file.seek(start)
+
+    def consumed(self) -> int:
+        """How far into the file on disk reading has got (compressed bytes for ``.gz``)."""
+        return self._raw.tell() if self.range.path != STDIN else 0
+
+    def lines(self) -> Iterator[tuple[bytes, int, bool]]:
+        """``(line, end, too_long)`` for each line in order: the line without its newline,
+        the position just after it, and whether it went past :data:`MAX_LINE_BYTES` (then
+        ``line`` holds only its first part; the rest was skipped unread)."""
+        readline = self._file.readline
+        position = self._start
+        end = self.range.end
+        while end is None or position < end:
+            line = readline(MAX_LINE_BYTES)
+            if not line:
+                return
+            position += len(line)
+            too_long = len(line) == MAX_LINE_BYTES and not line.endswith(b"\n")
+            if too_long:
+                position += _skip_line(self._file)
+            elif line[-1:] == b"\n":
+                line = line[:-1]
+            yield line, position, too_long
+
+    def close(self) -> None:
+        if self.range.path != STDIN:
+            self._file.close()
+            self._raw.close()
+
+
+def _skip_line(file: BinaryIO) -> int:
+    """Read past the end of the current line without keeping it; return the bytes read."""
+    skipped = 0
+    while True:
+        part = file.readline(CHUNK_BYTES)
+        skipped += len(part)
+        if not part or part.endswith(b"\n"):
+            return skipped
+
+
+def _skip(file: BinaryIO, count: int) -> None:
+    while count > 0:
+        chunk = file.read(min(count, CHUNK_BYTES))
+        if not chunk:
+            return
+        count -= len(chunk)

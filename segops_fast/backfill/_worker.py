@@ -1,0 +1,196 @@
+"""One process's share of a backfill: read its input ranges, turn lines into events, send them.
+
+This module owns the loop from a line of JSON to :meth:`StreamSender.add`: parsing,
+validating with the same rules as ``track()``, numbering lines for dead letters, and
+telling the coordinator (through ``report``) what happened, as plain tuples that can
+cross a process boundary. It runs in the coordinator's process, or in a worker process
+started by it (:func:`run_in_worker_process`). It does not write files or decide when to
+stop: ``should_stop`` says so.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .._delivery import GivenUp
+from .._encoding import Record, encode_event, event_fields
+from .._errors import InvalidEventError
+from ._engine import SendSettings, Settled, StreamSender
+from ._input import STDIN, InputRange, RangeReader
+
+#: A message to the coordinator: ``(kind, range index, *details)``; see :class:`Report`.
+Message = tuple[Any, ...]
+Report = Callable[[Message], None]
+
+#: Lines between two looks at ``should_stop`` and two progress messages.
+_LINES_PER_CHECK = 4096
+
+
+def encode_input_event(event: object, max_event_bytes: int) -> Record:
+    """Validate and serialize one event of a backfill, as ``track()`` would, except that an
+    event without ``occurred_at`` is sent without one (the server stamps it), so that the
+    same input always gives the same bytes and the same Idempotency-Keys."""
+    user_id, event_type, occurred_at, payload = event_fields(event)
+    _, fields = encode_event(user_id, event_type, occurred_at, payload, max_event_bytes)
+    return (None, fields)
+
+
+def send_ranges(
+    assigned: list[tuple[int, InputRange, int]],
+    *,
+    settings: SendSettings,
+    max_event_bytes: int,
+    report: Report,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Send each ``(index, range, start)`` in turn, from ``start``, until done or stopped."""
+    for index, input_range, start in assigned:
+        if should_stop():
+            return
+        _send_range(
+            index,
+            input_range,
+            start,
+            settings=settings,
+            max_event_bytes=max_event_bytes,
+            report=report,
+            should_stop=should_stop,
+        )
+
+
+def _send_range(
+    index: int,
+    input_range: InputRange,
+    start: int,
+    *,
+    settings: SendSettings,
+    max_event_bytes: int,
+    report: Report,
+    should_stop: Callable[[], bool],
+) -> None:
+    def on_failed(given_up: GivenUp) -> None:
+        report(("failed", index, given_up.events, given_up.reason, str(given_up.error)))
+
+    def on_settled(settled: Settled) -> None:
+        report(("settled", index, settled.watermark, settled.sent, settled.failed))
+
+    source = input_range.path if input_range.path == STDIN else os.path.realpath(input_range.path)
+    reader = RangeReader(input_range, start)
+    sender = StreamSender(
+        settings,
+        source=source,
+        start=start,
+        on_failed=on_failed,
+        on_settled=on_settled,
+        should_stop=should_stop,
+    )
+    line_numbers = _LineNumbers(input_range, start)
+    loads = orjson.loads
+    read_so_far = reader.consumed()
+    end = start
+    lines = 0
+    try:
+        for line, end, too_long in reader.lines():
+            lines += 1
+            if lines % _LINES_PER_CHECK == 0:
+                consumed = reader.consumed()
+                report(("read", index, consumed - read_so_far, _LINES_PER_CHECK))
+                read_so_far = consumed
+                if should_stop():
+                    sender.stop()
+                    break
+            if too_long:
+                reason = f"line is longer than {len(line)} bytes"
+                report(("invalid", index, line_numbers.number(lines), line[:1024], reason))
+                sender.pass_over(end)
+                continue
+            try:
+                record = encode_input_event(loads(line), max_event_bytes)
+            except (orjson.JSONDecodeError, InvalidEventError) as error:
+                if line.strip():
+                    reason = (
+                        str(error)
+                        if isinstance(error, InvalidEventError)
+                        else (f"not JSON: {error}")
+                    )
+                    report(("invalid", index, line_numbers.number(lines), line, reason))
+                sender.pass_over(end)
+                continue
+            sender.add(record, end)
+        else:
+            report(("read", index, reader.consumed() - read_so_far, lines % _LINES_PER_CHECK))
+        sender.finish()
+        if not sender.stopped and sender.watermark == end:
+            report(("finished", index, end))
+    finally:
+        reader.close()
+
+
+class _LineNumbers:
+    """Line numbers in the whole file, counting the lines before the range's start only
+    when a dead letter first needs one (a range in the middle of a 5 GB file)."""
+
+    def __init__(self, input_range: InputRange, start: int) -> None:
+        self._range = input_range
+        self._start = start
+        self._before: int | None = None
+
+    def number(self, line_in_range: int) -> int:
+        if self._before is None:
+            self._before = _count_lines(self._range.path, self._start)
+        return self._before + line_in_range
+
+
+def _count_lines(path: str, before: int) -> int:
+    if before == 0 or path == STDIN:
+        # stdin is never split; a resumed stdin is numbered from where it resumed.
+        return 0
+    opener: Callable[..., Any] = gzip.open if path.endswith(".gz") else open
+    count = 0
+    with opener(path, "rb") as file:
+        remaining = before
+        while remaining > 0:
+            chunk = file.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return count
+
+
+def run_in_worker_process(
+    assigned: list[tuple[int, InputRange, int]],
+    *,
+    settings: SendSettings,
+    max_event_bytes: int,
+    messages: Any,
+    stop: Any,
+    parent_pid: int,
+) -> None:
+    """A worker process's entry point: ``messages`` is a multiprocessing queue, ``stop`` a
+    multiprocessing event. Ctrl-C reaches the whole process group; only the coordinator
+    acts on it, and tells the workers through ``stop``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def should_stop() -> bool:
+        # A coordinator killed with SIGKILL cannot say stop: its workers notice it is gone.
+        return bool(stop.is_set()) or os.getppid() != parent_pid
+
+    try:
+        send_ranges(
+            assigned,
+            settings=settings,
+            max_event_bytes=max_event_bytes,
+            report=messages.put,
+            should_stop=should_stop,
+        )
+    except Exception as error:  # reported, not lost: the coordinator exits 1 with it
+        messages.put(("error", -1, f"{type(error).__name__}: {error}"))
+    finally:
+        messages.put(("exit", -1))

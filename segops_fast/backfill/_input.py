@@ -96,20 +96,29 @@ class RangeReader:
         """``(line, end, too_long)`` for each line in order: the line without its newline,
         the position just after it, and whether it went past :data:`MAX_LINE_BYTES` (then
         ``line`` holds only its first part; the rest was skipped unread)."""
-        readline = self._file.readline
         position = self._start
         end = self.range.end
-        while end is None or position < end:
-            line = readline(MAX_LINE_BYTES)
-            if not line:
+        pending = b""
+        # A megabyte at a time, split in C: reading line by line costs 0.4 us a line.
+        while True:
+            chunk = self._file.read(CHUNK_BYTES)
+            if not chunk:
+                if pending and (end is None or position < end):
+                    yield pending, position + len(pending), False
                 return
-            position += len(line)
-            too_long = len(line) == MAX_LINE_BYTES and not line.endswith(b"\n")
-            if too_long:
-                position += _skip_line(self._file)
-            elif line[-1:] == b"\n":
-                line = line[:-1]
-            yield line, position, too_long
+            lines = (pending + chunk if pending else chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if end is not None and position >= end:
+                    return
+                position += len(line) + 1
+                yield line, position, False
+            if len(pending) > MAX_LINE_BYTES:
+                if end is not None and position >= end:
+                    return
+                position += len(pending) + _skip_line(self._file)
+                yield pending[:MAX_LINE_BYTES], position, True
+                pending = b""
 
     def close(self) -> None:
         if self.range.path != STDIN:

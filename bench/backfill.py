@@ -3,8 +3,10 @@
 Generates ``--events`` distinct events (default 1,000,000; about 120 MB) once, starts
 ``segops-fast serve`` in its own process, and runs ``segops-fast send`` on the file with
 1 process and with ``--processes 2``, each three times against an emptied server. For each
-run it prints the rate the command reports (events acknowledged over its wall time) and
-what the server stored: distinct events and duplicates. The median run is in the README.
+run it prints the rate the command reports (events acknowledged over its wall time), the
+command's peak memory, and what the server stored: distinct events and duplicates. Then
+it sends a tenth of the file, to show that memory does not grow with the input. The
+median run is in the README.
 
     python bench/backfill.py --events 1000000
 """
@@ -12,6 +14,7 @@ what the server stored: distinct events and duplicates. The median run is in the
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -38,14 +41,21 @@ def generate(path: Path, events: int) -> None:
             file.write(orjson.dumps(event) + b"\n")
 
 
-def send(url: str, path: Path, processes: int) -> dict[str, object]:
-    finished = subprocess.run(
+def send(url: str, path: Path, processes: int) -> tuple[dict[str, object], float]:
+    """The command's summary, and its peak resident memory in MB (the coordinator's)."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "segops_fast", "send", str(path), "--api-url", url,
          "--api-key", DEFAULT_SECRET_KEY, "--processes", str(processes)],
-        capture_output=True, check=True, timeout=600,
+        stdout=subprocess.PIPE,
     )  # fmt: skip
-    summary: dict[str, object] = orjson.loads(finished.stdout)
-    return summary
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"segops-fast send exited {process.returncode}: {output!r}")
+    summary: dict[str, object] = orjson.loads(output)
+    return summary, usage.ru_maxrss / 1024
 
 
 def main() -> int:
@@ -63,7 +73,7 @@ def main() -> int:
                 rates = []
                 for _ in range(RUNS):
                     server.reset()
-                    summary = send(server.url, path, processes)
+                    summary, peak = send(server.url, path, processes)
                     stored = server.summary()
                     exact = (
                         summary["sent"] == stored["unique_events"] == arguments.events
@@ -74,10 +84,16 @@ def main() -> int:
                     rates.append(rate)
                     print(
                         f"--processes {processes}: {rate:>9,} events/s in "
-                        f"{summary['elapsed']} s; server stored {stored['unique_events']:,} "
+                        f"{summary['elapsed']} s, peak {peak:.0f} MB; server stored "
+                        f"{stored['unique_events']:,} "
                         f"distinct, {stored['duplicate_events']} duplicates"
                     )
                 print(f"--processes {processes}: median {statistics.median(rates):,.0f} events/s")
+            tenth = Path(directory) / "tenth.jsonl"
+            generate(tenth, arguments.events // 10)
+            server.reset()
+            _, small_peak = send(server.url, tenth, 1)
+            print(f"a tenth of the input, --processes 1: peak {small_peak:.0f} MB")
     print(f"every event exactly once: {'yes' if ok else 'NO'}")
     return 0 if ok else 1
 

@@ -150,13 +150,6 @@ def render_events(parts: list[bytes], records: Iterable[Record]) -> None:
         separator = (b",",)
 
 
-def rendered_size(record: Record) -> int:
-    """The length of :func:`render_event` of ``record``, without rendering it."""
-    stamp, fields = record
-    # The opening brace, then the rendered timestamp if there is one, then the fields.
-    return 1 + len(fields) + (0 if stamp is None else RENDERED_TIMESTAMP_BYTES)
-
-
 _THREE_DIGITS = [b"%03d" % number for number in range(1000)]
 
 

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import segops_fast as segops
+from segops_fast._batching import Batch, assemble_batches
 from segops_fast._buffer import EventBuffer
 from segops_fast._encoding import Record
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
@@ -110,3 +111,30 @@ def test_an_armed_buffer_wakes_its_consumer_once_per_batch() -> None:
     for _ in range(12):
         buffer.append((None, b"}"))
     assert wakes == [1, 5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(min_value=0, max_value=4_000_000_000_000_000_000)),
+            st.binary(min_size=2, max_size=300).map(
+                lambda fields: b'"x":' + fields.hex().encode() + b"}"
+            ),
+        ),
+        max_size=80,
+    ),
+    max_batch_bytes=st.integers(min_value=64, max_value=4000),
+)
+def test_batches_keep_order_fit_their_bound_and_are_as_full_as_it_allows(
+    records: list[tuple[int | None, bytes]], max_batch_bytes: int
+) -> None:
+    batches = list(assemble_batches(records, max_batch_bytes))
+    assert [record for batch in batches for record in batch.records] == records
+    for number, batch in enumerate(batches):
+        body = batch.render_body()
+        assert len(body) <= max_batch_bytes or len(batch) == 1
+        if number + 1 < len(batches):
+            # Greedy: the next event would not have fitted.
+            with_next = Batch([*batch.records, batches[number + 1].records[0]], "k")
+            assert len(with_next.render_body()) > max_batch_bytes

@@ -89,8 +89,12 @@ class RangeReader:
             self._file.seek(start)
 
     def consumed(self) -> int:
-        """How far into the file on disk reading has got (compressed bytes for ``.gz``)."""
-        return self._raw.tell() if self.range.path != STDIN else 0
+        """How far into the file on disk reading has got (compressed bytes for ``.gz``;
+        0 for stdin), counting no further than the range's end."""
+        if self.range.path == STDIN:
+            return 0
+        position = self._raw.tell()
+        return position if self.range.end is None else min(position, self.range.end)
 
     def lines(self) -> Iterator[tuple[bytes, int, bool]]:
         """``(line, end, too_long)`` for each line in order: the line without its newline,

@@ -47,7 +47,6 @@ class Totals:
     sent: int = 0
     failed: int = 0
     invalid: int = 0
-    lines_read: int = 0
     bytes_read: int = 0
 
 
@@ -111,10 +110,6 @@ class Job:
             if self._dead_letters is not None:
                 self._dead_letters.close()
         return self.totals
-
-    @property
-    def remaining_input(self) -> list[InputRange]:
-        return [progress.range for progress in self._ranges if not progress.finished]
 
     # -- worker processes ----------------------------------------------------------------------
 
@@ -180,7 +175,6 @@ class Job:
             self._save(force=False)
         elif kind == "read":
             self.totals.bytes_read += message[2]
-            self.totals.lines_read += message[3]
             self.on_progress(self.totals)
         elif kind == "invalid":
             _, _, line_number, line, reason = message

@@ -128,7 +128,8 @@ def _send_range(
         should_stop=should_stop,
     )
     line_numbers = _LineNumbers(input_range, start)
-    read_so_far = reader.consumed()
+    # From the range's start, so that a resumed run's bar begins where the last one ended.
+    read_so_far = input_range.start
     end = start
     lines = 0
     try:
@@ -136,7 +137,7 @@ def _send_range(
             lines += 1
             if lines % _LINES_PER_CHECK == 0:
                 consumed = reader.consumed()
-                report(("read", index, consumed - read_so_far, _LINES_PER_CHECK))
+                report(("read", index, consumed - read_so_far))
                 read_so_far = consumed
                 if should_stop():
                     sender.stop()
@@ -160,7 +161,7 @@ def _send_range(
                 continue
             sender.add(record, end)
         else:
-            report(("read", index, reader.consumed() - read_so_far, lines % _LINES_PER_CHECK))
+            report(("read", index, reader.consumed() - read_so_far))
         sender.finish()
         if not sender.stopped and sender.watermark == end:
             report(("finished", index, end))

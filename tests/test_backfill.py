@@ -266,6 +266,15 @@ def test_two_processes_send_the_same_events_as_one(
     assert_exactly_once(server, 100_000)
 
 
+def test_rate_caps_the_events_sent_per_second(server: LocalIngestServer, tmp_path: Path) -> None:
+    events = write_events(tmp_path / "events.jsonl", 20_000)
+    status, summary = run_send(server, events, "--rate", "20000", "--batch-bytes", "65536")
+    assert (status, summary["sent"]) == (0, 20_000)
+    # Paced a batch (about 500 events) at a time: all but the first wait their turn.
+    assert summary["elapsed"] >= 0.9
+    assert_exactly_once(server, 20_000)
+
+
 def test_usage_errors_exit_2(server: LocalIngestServer, tmp_path: Path) -> None:
     events = write_events(tmp_path / "events.jsonl", 10)
     finished = subprocess.run(
@@ -297,10 +306,11 @@ def _send_partition(url: str, partition: int) -> Summary:
     )
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_the_partition_api_in_a_multiprocessing_pool_with_a_retried_task(
-    server: LocalIngestServer,
+    server: LocalIngestServer, start_method: str
 ) -> None:
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
+    with multiprocessing.get_context(start_method).Pool(2) as pool:
         summaries = pool.starmap(_send_partition, [(server.url, n) for n in range(4)])
         # An engine runs a task again after a failure: same partition, same keys.
         again = pool.starmap(_send_partition, [(server.url, 2)])

@@ -307,6 +307,8 @@ def _send_partition(url: str, partition: int) -> Summary:
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
+# The test process runs the server's threads; the pool forks it before any of ours start.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_the_partition_api_in_a_multiprocessing_pool_with_a_retried_task(
     server: LocalIngestServer, start_method: str
 ) -> None:

@@ -21,19 +21,11 @@ from typing import Any
 
 import orjson
 
-from .._options import (
-    DEFAULT_BACKOFF_BASE,
-    DEFAULT_BACKOFF_CAP,
-    DEFAULT_MAX_BATCH_BYTES,
-    DEFAULT_MAX_EVENT_BYTES,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-)
+from .._options import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_EVENT_BYTES
 from ..backfill._checkpoint import CheckpointMismatchError
-from ..backfill._engine import SendSettings
+from ..backfill._engine import DEFAULT_CONCURRENCY, SendSettings
 from ..backfill._input import STDIN, input_size
 from ..backfill._job import Job, JobSettings
-from ..backfill._partition import DEFAULT_CONCURRENCY
 from ._progress import Progress
 
 EXIT_INTERRUPTED = 130
@@ -148,10 +140,6 @@ def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:
         concurrency=arguments.concurrency,
         batch_bytes=arguments.batch_bytes,
         rate=arguments.rate,
-        timeout=DEFAULT_TIMEOUT,
-        max_retries=DEFAULT_MAX_RETRIES,
-        backoff_base=DEFAULT_BACKOFF_BASE,
-        backoff_cap=DEFAULT_BACKOFF_CAP,
     )
     send.check()
     settings = JobSettings(

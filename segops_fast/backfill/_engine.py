@@ -36,11 +36,23 @@ from .._delivery import (
     RetryPolicy,
 )
 from .._encoding import Record
-from .._options import DEFAULT_MAX_EVENT_BYTES, at_least, positive
+from .._options import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    at_least,
+    positive,
+)
 from .._stats import DeliveryCounters
 from .._transport import Transport
 
 _BODY_ENVELOPE_BYTES = len(b'{"events":[]}')
+#: Requests in flight per process: enough to keep a local server busy while this process
+#: parses the next batch.
+DEFAULT_CONCURRENCY = 4
 
 
 @dataclass(frozen=True)
@@ -49,14 +61,14 @@ class SendSettings:
 
     api_url: str
     api_key: str
-    concurrency: int
-    batch_bytes: int
+    concurrency: int = DEFAULT_CONCURRENCY
+    batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     #: Events per second for this process, or None for as fast as the API takes them.
-    rate: float | None
-    timeout: float
-    max_retries: int
-    backoff_base: float
-    backoff_cap: float
+    rate: float | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_base: float = DEFAULT_BACKOFF_BASE
+    backoff_cap: float = DEFAULT_BACKOFF_CAP
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first unusable setting."""

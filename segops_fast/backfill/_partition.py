@@ -28,10 +28,8 @@ from .._options import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
 )
-from ._engine import SendSettings, Settled, StreamSender
+from ._engine import DEFAULT_CONCURRENCY, SendSettings, Settled, StreamSender
 from ._worker import encode_input_event
-
-DEFAULT_CONCURRENCY = 4
 
 
 @dataclass(frozen=True)

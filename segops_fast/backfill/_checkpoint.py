@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ._input import STDIN, InputRange
+from ._input import InputRange, input_identity
 
 FORMAT = "segops-fast-checkpoint/1"
 
@@ -61,7 +61,7 @@ class Checkpoint:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CheckpointMismatchError(f"{path} is not a {FORMAT} checkpoint")
         recorded = list(dict.fromkeys(entry["path"] for entry in document["ranges"]))
-        wanted = [_identity(name) for name in inputs]
+        wanted = [input_identity(name) for name in inputs]
         if recorded != wanted:
             raise CheckpointMismatchError(
                 f"{path} was written for the input {recorded}, not {wanted}; "
@@ -89,7 +89,7 @@ class Checkpoint:
             "dead_letter_bytes": self.dead_letter_bytes,
             "ranges": [
                 {
-                    "path": _identity(progress.range.path),
+                    "path": input_identity(progress.range.path),
                     "start": progress.range.start,
                     "end": progress.range.end,
                     "done": progress.done,
@@ -106,12 +106,6 @@ class Checkpoint:
         os.replace(temporary, self.path)
 
 
-def _identity(path: str) -> str:
-    """How a checkpoint names an input: its real path, so a resume from another directory
-    finds it; stdin is ``-``."""
-    return STDIN if path == STDIN else os.path.realpath(path)
-
-
 def _name(identity: str, inputs: list[str]) -> str:
     """The input as given on this command line for the identity recorded."""
-    return next(name for name in inputs if _identity(name) == identity)
+    return next(name for name in inputs if input_identity(name) == identity)

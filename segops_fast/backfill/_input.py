@@ -64,6 +64,24 @@ def _line_start_at_or_after(file: BinaryIO, offset: int) -> int:
     return file.tell()
 
 
+def input_identity(path: str) -> str:
+    """How an input is named in Idempotency-Keys and checkpoints: its real path, so that a
+    resume from another directory names it the same; stdin is ``-``."""
+    return STDIN if path == STDIN else os.path.realpath(path)
+
+
+def lines_before(path: str, position: int) -> int:
+    """How many lines end before ``position`` in ``path`` (0 for stdin, never split)."""
+    if position == 0 or path == STDIN:
+        return 0
+    raw, file = _open(path)
+    try:
+        return sum(chunk.count(b"\n") for chunk in _chunks(file, position))
+    finally:
+        file.close()
+        raw.close()
+
+
 def input_size(path: str) -> int | None:
     """Bytes the progress bar counts for ``path`` (compressed for ``.gz``); None for stdin."""
     return None if path == STDIN else os.path.getsize(path)
@@ -79,14 +97,14 @@ class RangeReader:
         self._file: BinaryIO
         if input_range.path == STDIN:
             self._raw = self._file = sys.stdin.buffer
-            _skip(self._file, start)
-        elif input_range.path.endswith(".gz"):
-            self._raw = open(input_range.path, "rb")  # noqa: SIM115 (closed in close())
-            self._file = gzip.GzipFile(fileobj=self._raw)  # type: ignore[assignment]
-            _skip(self._file, start)
         else:
-            self._raw = self._file = open(input_range.path, "rb")  # noqa: SIM115
+            self._raw, self._file = _open(input_range.path)
+        if input_range.splittable:
             self._file.seek(start)
+        else:
+            # Positions in stdin and in .gz files count bytes read: read up to this one.
+            for _ in _chunks(self._file, start):
+                pass
 
     def consumed(self) -> int:
         """How far into the file on disk reading has got (compressed bytes for ``.gz``;
@@ -140,9 +158,19 @@ def _skip_line(file: BinaryIO) -> int:
             return skipped
 
 
-def _skip(file: BinaryIO, count: int) -> None:
+def _open(path: str) -> tuple[BinaryIO, BinaryIO]:
+    """The file on disk, and what reads its lines (the same, or its gzip decompressor)."""
+    raw = open(path, "rb")  # noqa: SIM115 (the caller closes both)
+    if not path.endswith(".gz"):
+        return raw, raw
+    return raw, gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+
+
+def _chunks(file: BinaryIO, count: int) -> Iterator[bytes]:
+    """The next ``count`` bytes of ``file`` (fewer at its end), a chunk at a time."""
     while count > 0:
         chunk = file.read(min(count, CHUNK_BYTES))
         if not chunk:
             return
         count -= len(chunk)
+        yield chunk

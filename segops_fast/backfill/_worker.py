@@ -10,7 +10,6 @@ stop: ``should_stop`` says so.
 
 from __future__ import annotations
 
-import gzip
 import os
 import signal
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from .._delivery import GivenUp
 from .._encoding import Record, encode_event, event_fields
 from .._errors import InvalidEventError
 from ._engine import SendSettings, Settled, StreamSender
-from ._input import STDIN, InputRange, RangeReader
+from ._input import InputRange, RangeReader, input_identity, lines_before
 
 #: A message to the coordinator: ``(kind, range index, *details)``; see :class:`Report`.
 Message = tuple[Any, ...]
@@ -117,7 +116,7 @@ def _send_range(
     def on_settled(settled: Settled) -> None:
         report(("settled", index, settled.watermark, settled.sent, settled.failed))
 
-    source = input_range.path if input_range.path == STDIN else os.path.realpath(input_range.path)
+    source = input_identity(input_range.path)
     reader = RangeReader(input_range, start)
     sender = StreamSender(
         settings,
@@ -180,25 +179,8 @@ class _LineNumbers:
 
     def number(self, line_in_range: int) -> int:
         if self._before is None:
-            self._before = _count_lines(self._range.path, self._start)
+            self._before = lines_before(self._range.path, self._start)
         return self._before + line_in_range
-
-
-def _count_lines(path: str, before: int) -> int:
-    if before == 0 or path == STDIN:
-        # stdin is never split; a resumed stdin is numbered from where it resumed.
-        return 0
-    opener: Callable[..., Any] = gzip.open if path.endswith(".gz") else open
-    count = 0
-    with opener(path, "rb") as file:
-        remaining = before
-        while remaining > 0:
-            chunk = file.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            remaining -= len(chunk)
-    return count
 
 
 def run_in_worker_process(

@@ -66,13 +66,7 @@ def encode_input_event(event: object, max_event_bytes: int) -> Record:
     """Validate and serialize one event of a backfill, as ``track()`` would, except that an
     event without ``occurred_at`` is sent without one (the server stamps it), so that the
     same input always gives the same bytes and the same Idempotency-Keys."""
-    if type(event) is dict:
-        # What every parsed line is: skips event_fields' isinstance checks against ABCs.
-        get = event.get
-        user_id, event_type = get("user_id"), get("event_type")
-        occurred_at, payload = get("occurred_at"), get("payload")
-    else:
-        user_id, event_type, occurred_at, payload = event_fields(event)
+    user_id, event_type, occurred_at, payload = event_fields(event)
     _, fields = encode_event(user_id, event_type, occurred_at, payload, max_event_bytes)
     return (None, fields)
 

@@ -17,7 +17,6 @@ A stopped engine leaves unsettled batches alone; they are what a resume sends ag
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import queue
 import threading
@@ -257,16 +256,14 @@ class StreamSender:
         return self._stopped.is_set()
 
     def _put(self, item: _PendingBatch | None) -> None:
+        """Hand ``item`` to a sender, waiting for room; once stopped, drop it (the senders
+        see the stop within 0.1 s on their own)."""
         while not self._stop_if_asked():
             try:
                 self._to_send.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
-        if item is None:
-            # Stopped: wake a sender that waits for work, so that it can end.
-            with contextlib.suppress(queue.Full):
-                self._to_send.put_nowait(None)
 
     # -- sending (sender threads) -------------------------------------------------------
 

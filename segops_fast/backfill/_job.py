@@ -10,6 +10,7 @@ does, and asks it to stop through :meth:`Job.request_stop`.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -121,7 +122,7 @@ class Job:
         per_process_rate = (
             None if self.settings.send.rate is None else (self.settings.send.rate / share)
         )
-        send = SendSettings(**{**self.settings.send.__dict__, "rate": per_process_rate})
+        send = dataclasses.replace(self.settings.send, rate=per_process_rate)
         workers = [
             context.Process(
                 target=run_in_worker_process,

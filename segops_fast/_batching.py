@@ -26,16 +26,19 @@ _STAMPED_COST = 2 + RENDERED_TIMESTAMP_BYTES
 class Batch:
     """Events bound for one request, with the key every attempt of that request carries."""
 
-    __slots__ = ("first", "idempotency_key", "maybe_stored", "records")
+    __slots__ = ("first", "idempotency_key", "maybe_stored", "records", "retries", "retry_at")
 
     def __init__(self, records: list[Record], idempotency_key: str, first: int = 0) -> None:
         self.records = records
         self.idempotency_key = idempotency_key
         #: The number of its first event, in the order events were taken from the buffer.
         self.first = first
-        #: An attempt went unanswered: the server may have stored it, so giving it up
-        #: later must say so.
+        #: An attempt went unanswered: the server may have stored it. Such a batch is
+        #: retried until an answer comes, however many retries that takes.
         self.maybe_stored = False
+        #: Retries spent so far, and when (``time.monotonic()``) the next one is due.
+        self.retries = 0
+        self.retry_at = 0.0
 
     def render_body(self) -> bytes:
         """The request body. Built when it is about to be sent, and not kept: while the API

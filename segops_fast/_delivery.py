@@ -1,14 +1,15 @@
 """Getting one request's events acknowledged, or deciding to give them up.
 
 This module owns what a response means: which statuses are retried (429, 5xx, no
-response) and how long to wait between attempts (exponential backoff with full jitter,
-``Retry-After`` honoured up to the cap); 413 splits a batch in half; 401 re-mints a
-``pk_`` session once; anything else refuses the events at once. Every attempt of a
-request carries the same ``Idempotency-Key``. When the API cannot be reached at all, no
-retry is spent: the batches are handed back unsent, to wait with the queue (an outage
-costs memory up to the queue's bound, not events). It does not own batching, threads, or
-what happens to events it gives up (the flusher hands them to ``on_drop`` and the
-counters).
+response) and how long to wait before the next attempt (exponential backoff with full
+jitter, ``Retry-After`` honoured up to the cap); 413 splits a batch in half; 401 re-mints
+a ``pk_`` session once; anything else refuses the events at once. Every attempt of a
+request carries the same ``Idempotency-Key``. A batch is attempted once per call: when it
+must be retried, the call says when, and the caller decides what to send meanwhile. When
+the API cannot be reached at all, no retry is spent: the batches are handed back unsent,
+to wait with the queue (an outage costs memory up to the queue's bound, not events). It
+does not own batching, threads, or what happens to events it gives up (the flusher hands
+them to ``on_drop`` and the counters).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import email.utils
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._batching import Batch
 from ._errors import SegOpsApiError
@@ -31,8 +32,10 @@ SINGLE_PATH = "/api/ingestion/track/"
 #: Why events were given up, as passed to ``on_drop``. Failed: the server refused them, or
 #: they could not be sent at all; it does not have them.
 REASON_FAILED = "failed"
-#: Every attempt went unanswered or was answered 429/5xx. The server may have stored them
-#: all the same (an answer lost on the last attempt), so a replay can duplicate them.
+#: Every attempt was answered 429 or 5xx: the server does not have them. A batch with an
+#: unanswered attempt is retried until an answer comes; it is given up this way only when
+#: the API can no longer be reached at shutdown (and with ``batch=False``, whose retries
+#: block the caller, when they run out). Then the server may have stored it.
 REASON_RETRIES_EXHAUSTED = "retries_exhausted"
 REASON_SHUTDOWN_DEADLINE = "shutdown_deadline"
 
@@ -45,13 +48,18 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: str | None) -> float:
         """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
-        asked = _retry_after_seconds(retry_after)
+        asked = self.asked_delay(retry_after)
         if asked is not None:
-            return min(asked, self.backoff_cap)
+            return asked
         # Full jitter: spreads the retries of many clients over the whole window. The
         # exponent is bounded so that a large max_retries cannot overflow the float.
         window = self.backoff_base * 2.0 ** min(attempt, 64)
         return random.uniform(0.0, min(self.backoff_cap, window))
+
+    def asked_delay(self, retry_after: str | None) -> float | None:
+        """The wait a ``Retry-After`` header asks for, up to the cap; None without one."""
+        asked = _retry_after_seconds(retry_after)
+        return None if asked is None else min(asked, self.backoff_cap)
 
 
 class Deadline:
@@ -105,22 +113,20 @@ class GivenUp:
     error: SegOpsApiError
 
 
-class ApiUnavailableError(Exception):
-    """No request could be made: the API cannot be reached, or no session token can be had.
-
-    The batches in ``unsent`` were not delivered and stay queued.
-    """
-
-    def __init__(self, error: BaseException, unsent: list[Batch]) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.unsent = unsent
-
-
 @dataclass
-class _Failure:
-    reason: str
-    error: SegOpsApiError
+class Attempted:
+    """What one attempt at a batch came to (with the halves, when the server said 413)."""
+
+    given_up: list[GivenUp] = field(default_factory=list)
+    #: Batches to send again, each once its ``retry_at`` has come.
+    to_retry: list[Batch] = field(default_factory=list)
+    #: When (``time.monotonic()``) the server's ``Retry-After`` lets requests go again;
+    #: 0.0 if it set no pause.
+    resume_at: float = 0.0
+    #: Why no request could be made, if none could: the API cannot be reached, or no
+    #: session token can be had. ``unsent`` then holds what was not sent, oldest first.
+    unavailable: BaseException | None = None
+    unsent: list[Batch] = field(default_factory=list)
 
 
 class _RetryableError(Exception):
@@ -154,86 +160,112 @@ class Delivery:
         self._counters = counters
         self._deadline = deadline
 
-    def deliver_batch(self, batch: Batch) -> list[GivenUp]:
-        """Send ``batch`` (split on 413); return what was given up, count what was acknowledged.
+    def attempt_batch(self, batch: Batch) -> Attempted:
+        """Send ``batch`` once, and its halves if the server finds it too large.
 
-        Raises :class:`ApiUnavailableError` carrying the batches not yet delivered when the
-        API cannot be reached or no session token can be had.
+        Counts what was acknowledged. A retryable failure schedules the batch's next
+        attempt rather than waiting for it here, so that the caller can send other
+        batches meanwhile: retries cost the events in them latency, and nobody else.
         """
-        given_up: list[GivenUp] = []
+        attempted = Attempted()
         # A stack, second half pushed first, so that split batches still go out in order.
         remaining = [batch]
         while remaining:
             current = remaining.pop()
+            if self._deadline.passed():
+                error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=len(current))
+                attempted.given_up.append(
+                    GivenUp(current.events(), REASON_SHUTDOWN_DEADLINE, error)
+                )
+                continue
             body = current.render_body()
             try:
-                outcome = self._send(BATCH_PATH, body, current.idempotency_key, len(current))
+                response = self._attempt(BATCH_PATH, body, current.idempotency_key)
             except _NotSentError as not_sent:
-                current.maybe_stored |= not_sent.after_lost_answer
-                raise ApiUnavailableError(not_sent.error, [current, *reversed(remaining)]) from None
-            if isinstance(outcome, Response) and outcome.status == 413:
+                attempted.unavailable = not_sent.error
+                attempted.unsent = [current, *reversed(remaining)]
+                break
+            except _RetryableError as retryable:
+                current.maybe_stored |= retryable.answer_lost
+                asked = self._policy.asked_delay(retryable.retry_after)
+                if asked is not None:
+                    # The server said when to come back, to this client, not to one batch.
+                    attempted.resume_at = max(attempted.resume_at, time.monotonic() + asked)
+                if self._schedule_retry(current, retryable.retry_after):
+                    attempted.to_retry.append(current)
+                else:
+                    retryable.error.undelivered = len(current)
+                    attempted.given_up.append(
+                        GivenUp(current.events(), REASON_RETRIES_EXHAUSTED, retryable.error)
+                    )
+                continue
+            if response.ok:
+                self._counters.acknowledged(len(current), len(body))
+            elif response.status == 413 and len(current) > 1:
                 first, second = current.halves()
                 remaining.extend((second, first))
-            elif isinstance(outcome, Response):
-                self._counters.acknowledged(len(current), len(body))
             else:
-                given_up.append(GivenUp(current.events(), outcome.reason, outcome.error))
-        return given_up
+                refusal = self._refusal(response, len(current))
+                attempted.given_up.append(GivenUp(current.events(), REASON_FAILED, refusal))
+        return attempted
+
+    def _schedule_retry(self, batch: Batch, retry_after: str | None) -> bool:
+        """Set when ``batch`` is tried next; False if its retries have run out.
+
+        They never run out for a batch the server may have stored: given up, nobody
+        could say whether its events were delivered, and sent again later under a new
+        key they could be stored twice. Such a batch waits (counting against the queue's
+        bound) until an answer comes, or the shutdown deadline.
+        """
+        if batch.retries >= self._policy.max_retries and not batch.maybe_stored:
+            return False
+        batch.retry_at = time.monotonic() + self._policy.delay(batch.retries, retry_after)
+        batch.retries += 1
+        self._counters.retry()
+        return True
 
     def deliver_single(self, event: bytes, idempotency_key: str) -> GivenUp | None:
-        """Send one event synchronously to the single-event endpoint (``batch=False``)."""
-        try:
-            outcome = self._send(SINGLE_PATH, event, idempotency_key, 1)
-        except _NotSentError as not_sent:
-            error = SegOpsApiError(f"SegOps: not sent: {not_sent.error}", undelivered=1)
-            reason = REASON_RETRIES_EXHAUSTED if not_sent.after_lost_answer else REASON_FAILED
-            return GivenUp([event], reason, error)
-        if isinstance(outcome, Response):
-            self._counters.acknowledged(1, len(event))
-            return None
-        return GivenUp([event], outcome.reason, outcome.error)
-
-    def _send(
-        self, path: str, body: bytes, idempotency_key: str, events: int
-    ) -> Response | _Failure:
-        """The 2xx response to ``body`` after retries (or its 413, when there are events to
-        split), or why it was given up: a single event refused as too large is a failure.
-
-        Raises :class:`_NotSentError` when an attempt could not be made at all.
-        """
-        attempt = 0
-        reminted = False
+        """Send one event to the single-event endpoint (``batch=False``), retrying here,
+        on the caller's thread, at most ``max_retries`` times."""
+        retries = 0
         answer_lost = False
         while True:
-            if self._deadline.passed():
-                error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=events)
-                return _Failure(REASON_SHUTDOWN_DEADLINE, error)
             try:
-                response = self._attempt(path, body, idempotency_key)
+                response = self._attempt(SINGLE_PATH, event, idempotency_key)
             except _NotSentError as not_sent:
-                not_sent.after_lost_answer = answer_lost
-                raise
+                error = SegOpsApiError(f"SegOps: not sent: {not_sent.error}", undelivered=1)
+                reason = REASON_RETRIES_EXHAUSTED if answer_lost else REASON_FAILED
+                return GivenUp([event], reason, error)
             except _RetryableError as retryable:
-                retryable.error.undelivered = events
+                retryable.error.undelivered = 1
                 answer_lost |= retryable.answer_lost
-                if attempt >= self._policy.max_retries:
-                    return _Failure(REASON_RETRIES_EXHAUSTED, retryable.error)
-                delay = self._policy.delay(attempt, retryable.retry_after)
-                if self._deadline.sleep(delay):
-                    return _Failure(REASON_SHUTDOWN_DEADLINE, retryable.error)
-                attempt += 1
+                if retries >= self._policy.max_retries:
+                    return GivenUp([event], REASON_RETRIES_EXHAUSTED, retryable.error)
+                if self._deadline.sleep(self._policy.delay(retries, retryable.retry_after)):
+                    return GivenUp([event], REASON_SHUTDOWN_DEADLINE, retryable.error)
+                retries += 1
                 self._counters.retry()
                 continue
-            if response.ok or (response.status == 413 and events > 1):
-                return response
-            if response.status == 401 and self._session is not None and not reminted:
-                # The token may have been revoked or may have expired early: one re-mint.
-                self._session.invalidate()
-                reminted = True
-                continue
-            return _Failure(REASON_FAILED, self._refusal(response, events))
+            if response.ok:
+                self._counters.acknowledged(1, len(event))
+                return None
+            return GivenUp([event], REASON_FAILED, self._refusal(response, 1))
 
     def _attempt(self, path: str, body: bytes, idempotency_key: str) -> Response:
+        """One request (two, when a session token was refused and a new one is minted).
+
+        Returns any answer but 429 and 5xx, which raise :class:`_RetryableError`, as
+        does a request that went unanswered; raises :class:`_NotSentError` when no
+        request could be made.
+        """
+        response = self._post(path, body, idempotency_key)
+        if response.status == 401 and self._session is not None:
+            # The token may have been revoked or may have expired early: one re-mint.
+            self._session.invalidate()
+            response = self._post(path, body, idempotency_key)
+        return response
+
+    def _post(self, path: str, body: bytes, idempotency_key: str) -> Response:
         if self._session is None:
             authorization = f"ApiKey {self._api_key}"
         else:
@@ -276,8 +308,6 @@ class _NotSentError(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
-        #: An earlier attempt of the same request went unanswered: it may be stored.
-        self.after_lost_answer = False
 
 
 def mask_key(api_key: str) -> str:

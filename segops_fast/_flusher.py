@@ -17,9 +17,12 @@ Events are numbered in the order they were taken from the buffer. A flush is don
 every event numbered below its target is *finished* (acknowledged or given up); the
 finished watermark is the lowest number still in a request or waiting for the API.
 
-When the API cannot be reached (or no session token can be had), the batches not yet
-delivered wait in ``_unsent`` and are tried again once per ``flush_interval``, before
-anything newer; meanwhile they count against the queue bound like queued events.
+A batch to be retried waits in ``_retrying`` until its time comes; meanwhile every cycle
+sends what is new, so that one batch's backoff delays nobody else's events. A
+``Retry-After`` from the server pauses all sending until it ends (``_resume_at``). When
+the API cannot be reached (or no session token can be had), the batches not yet delivered
+wait in ``_unsent`` and are tried again once per ``flush_interval``, before anything
+newer. Both count against the queue bound like queued events.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from ._delivery import (
     REASON_FAILED,
     REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
-    ApiUnavailableError,
     Deadline,
     Delivery,
     GivenUp,
@@ -113,6 +115,10 @@ class Flusher:
         self._to_send: deque[Batch] = deque()
         #: First event number -> event count of each batch whose fate is not known.
         self._in_flight: dict[int, int] = {}
+        #: Batches waiting for their next attempt, each until its ``retry_at``.
+        self._retrying: list[Batch] = []
+        #: Nothing is sent before this moment (``time.monotonic()``): the server asked so.
+        self._resume_at = 0.0
         #: Batches that wait for the API to be reachable, and the error that stopped them.
         self._unsent: list[Batch] = []
         self._unavailable_error: BaseException | None = None
@@ -205,29 +211,35 @@ class Flusher:
         self._sleep_until_due()
         stopping = self._stopping
         self._send_waiting(final=stopping)
-        return stopping and not self._unsent and not len(self.buffer)
+        return stopping and not self._has_work_left()
 
     def _send_waiting(self, *, final: bool) -> bool:
-        """Send the batches waiting for the API, or else everything in the buffer, then
-        answer the flushes asked for so far. False if the API could not be reached (or no
-        session token could be had); when ``final``, the batches not sent are given up."""
+        """Send the retries that are due and the batches waiting for the API, and unless
+        some were waiting for the API, everything in the buffer; then answer the flushes
+        asked for so far. False if the API could not be reached (or no session token could
+        be had); when ``final``, the batches not sent are given up."""
         with self._lock:
-            retry = self._unsent
+            now = time.monotonic()
+            due = [batch for batch in self._retrying if batch.retry_at <= now]
+            self._retrying = [batch for batch in self._retrying if batch.retry_at > now]
+            api_was_unreachable = bool(self._unsent)
+            retry = sorted(self._unsent + due, key=lambda batch: batch.first)
             self._unsent = []
             # Unfinished without a gap: a flush asked for now must still wait for them.
             for batch in retry:
                 self._in_flight[batch.first] = len(batch)
             self._unavailable_error = None
-            records = [] if retry else self._take_numbered()
+            records = [] if api_was_unreachable else self._take_numbered()
             answerable = list(self._open_requests)
-        batches = retry or self._batches(records)
+        batches = retry + self._batches(records)
         # From here only ``batches`` holds the events, and _dispatch lets go of each batch
         # once it is finished: while the API is down a cycle lasts minutes, and finished
         # batches kept until its end would let a second queue's worth of events build up.
         del retry, records
         self._dispatch(batches)
         # Settling before the next cycle keeps the unavailable error and the flush answers
-        # consistent; requests within one cycle still overlap.
+        # consistent; requests within one cycle still overlap. It costs one attempt's time
+        # at most: a batch to be retried waits for its next attempt outside any cycle.
         with self._lock:
             self._changed.wait_for(lambda: not self._in_flight)
             blocked = self._unavailable_error
@@ -235,27 +247,63 @@ class Flusher:
             self._report_error(blocked)
             if final:
                 # Shutting down and the API cannot be reached: these cannot be delivered.
-                self._give_up_unsent(REASON_FAILED, blocked)
+                self._give_up_held(REASON_FAILED, blocked)
         self._answer(answerable)
         return blocked is None
 
     def _sleep_until_due(self) -> None:
         # Cleared before the checks, so a wake-up that races with them is not lost.
         self._wake.clear()
-        if self._stopping or self._open_requests:
+        with self._lock:
+            if self._unsent:
+                # The API could not be reached: try again after flush_interval, however
+                # full the buffer gets (producers above its high-water mark would wake us
+                # at once).
+                if not self._stopping and not self._open_requests:
+                    self._changed.wait_for(
+                        lambda: self._stopping or bool(self._open_requests),
+                        self._flush_interval,
+                    )
+                return
+            retry_in = self._seconds_until_a_retry()
+            # A flush() is due when events it waits for are still in the buffer, or when
+            # no retry is pending, so that it can be answered. Waiting for a retry, it
+            # does not make every newer event go out in a request of its own.
+            flush_due = any(request.target > self._next_number for request in self._open_requests)
+            flush_due |= bool(self._open_requests) and retry_in is None
+            pause = self._resume_at - time.monotonic()
+            if pause > 0 and not self._stopping:
+                # The server asked for a pause: neither new events nor flush() end it.
+                self._changed.wait_for(lambda: self._stopping, pause)
+                return
+        if pause > 0:
+            # Stopping: the pause is kept, unless the deadline comes first.
+            self._deadline.sleep(pause)
             return
-        if self._unsent:
-            # The API could not be reached: try again after flush_interval, however full
-            # the buffer gets (producers above its high-water mark would wake us at once).
-            with self._lock:
-                self._changed.wait_for(
-                    lambda: self._stopping or bool(self._open_requests), self._flush_interval
-                )
+        if retry_in == 0.0:
             return
+        if self._stopping:
+            if retry_in is not None and not len(self.buffer):
+                # Only retries are left: wait for the next, unless the deadline comes first.
+                self._deadline.sleep(retry_in)
+            return
+        if flush_due:
+            return
+        timeout = self._flush_interval if retry_in is None else min(retry_in, self._flush_interval)
         self.buffer.arm()
         if len(self.buffer) < self._batch_size:
-            self._wake.wait(self._flush_interval)
+            self._wake.wait(timeout)
         self.buffer.disarm()
+
+    def _has_work_left(self) -> bool:
+        return bool(self._unsent or self._retrying or len(self.buffer))
+
+    def _seconds_until_a_retry(self) -> float | None:
+        """How long until the next retry is due (0.0: now), None if none waits."""
+        if not self._retrying:
+            return None
+        due_at = min(batch.retry_at for batch in self._retrying)
+        return max(0.0, due_at - time.monotonic())
 
     def _take_numbered(self) -> list[Record]:
         """Take everything waiting and number it. Call with the lock held.
@@ -276,7 +324,9 @@ class Flusher:
         buffer and the requests together never hold more than ``max_queue_size`` (an
         outage must not let a second full queue build up behind the retries). Call with
         the lock held."""
-        held = sum(self._in_flight.values()) + sum(len(batch) for batch in self._unsent)
+        held = sum(self._in_flight.values()) + sum(
+            len(batch) for batch in (*self._unsent, *self._retrying)
+        )
         self.buffer.hold(held)
 
     def _batches(self, records: list[Record]) -> list[Batch]:
@@ -309,6 +359,12 @@ class Flusher:
                     del self._in_flight[batch.first]
                     self._unsent.append(batch)
                     continue
+                if self._resume_at > time.monotonic():
+                    # The server asked for a pause: the rest wait for its end, as retries do.
+                    del self._in_flight[batch.first]
+                    batch.retry_at = self._resume_at
+                    self._retrying.append(batch)
+                    continue
                 if self._max_in_flight > 1:
                     self._changed.wait_for(lambda: len(self._to_send) == 0)
                     self._to_send.append(batch)
@@ -329,9 +385,11 @@ class Flusher:
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
-        due = len(self.buffer) >= self._batch_size or (
-            now - self._waiting_since >= self._flush_interval
-        )
+        due = (
+            len(self.buffer) >= self._batch_size
+            or now - self._waiting_since >= self._flush_interval
+            or self._seconds_until_a_retry() == 0.0
+        ) and now >= self._resume_at
         # Never re-entered: a callback that tracks while we send leaves its event queued.
         if due and self._sending_here.acquire(blocking=False):
             try:
@@ -344,7 +402,14 @@ class Flusher:
         """flush() and shutdown() without a background thread: send until nothing waits,
         the API cannot be reached, or the deadline passes (then give up what is left)."""
         with self._sending_here:
-            while (self._unsent or len(self.buffer)) and not self._deadline.passed():
+            while self._has_work_left() and not self._deadline.passed():
+                # Wait here, as flush() would, for a pause the server asked for to end,
+                # or when only retries are left, for the next.
+                wait = self._resume_at - time.monotonic()
+                if not self._unsent and not len(self.buffer):
+                    wait = max(wait, self._seconds_until_a_retry() or 0.0)
+                if wait > 0 and self._deadline.sleep(wait):
+                    break
                 if not self._send_here(final=final):
                     break
             if final and self._deadline.passed():
@@ -372,20 +437,16 @@ class Flusher:
             self._send(batch)
 
     def _send(self, batch: Batch) -> None:
-        try:
-            given_up = self._delivery.deliver_batch(batch)
-        except ApiUnavailableError as unavailable:
-            with self._lock:
-                self._unavailable_error = unavailable.error
-                self._unsent.extend(unavailable.unsent)
-                self._unsent.sort(key=lambda waiting: waiting.first)
-                del self._in_flight[batch.first]
-                self._count_held_events()
-                self._changed.notify_all()
-            return
-        for part in given_up:
+        attempted = self._delivery.attempt_batch(batch)
+        for part in attempted.given_up:
             self._give_up(part, batch.first)
         with self._lock:
+            if attempted.unavailable is not None:
+                self._unavailable_error = attempted.unavailable
+                self._unsent.extend(attempted.unsent)
+                self._unsent.sort(key=lambda waiting: waiting.first)
+            self._retrying.extend(attempted.to_retry)
+            self._resume_at = max(self._resume_at, attempted.resume_at)
             del self._in_flight[batch.first]
             self._count_held_events()
             self._changed.notify_all()
@@ -400,12 +461,14 @@ class Flusher:
                 request.note_undelivered(first, len(given_up.events), given_up.error)
         self._on_given_up(given_up)
 
-    def _give_up_unsent(self, reason: str, error: BaseException) -> None:
+    def _give_up_held(self, reason: str, error: BaseException) -> None:
+        """Give up the batches waiting for the API or for a retry."""
         with self._lock:
-            unsent = self._unsent
+            held = sorted(self._unsent + self._retrying, key=lambda batch: batch.first)
             self._unsent = []
+            self._retrying = []
             self._count_held_events()
-        for batch in unsent:
+        for batch in held:
             message = f"SegOps: {len(batch)} events undelivered: {error}"
             failure = SegOpsApiError(message, undelivered=len(batch))
             # Never sent this time, but an earlier attempt may have been stored unanswered.
@@ -421,15 +484,16 @@ class Flusher:
         with self._lock:
             self._changed.wait_for(lambda: not self._in_flight)
             records = self._take_numbered()
-        self._give_up_unsent(REASON_SHUTDOWN_DEADLINE, SegOpsApiError("shutdown deadline passed"))
-        if not records:
-            return
-        first = self._next_number - len(records)
-        error = SegOpsApiError("shutdown deadline passed", undelivered=len(records))
-        events = [render_event(record) for record in records]
-        self._give_up(GivenUp(events, REASON_SHUTDOWN_DEADLINE, error), first)
-        with self._lock:
-            del self._in_flight[first]
+        self._give_up_held(REASON_SHUTDOWN_DEADLINE, SegOpsApiError("shutdown deadline passed"))
+        if records:
+            first = self._next_number - len(records)
+            error = SegOpsApiError("shutdown deadline passed", undelivered=len(records))
+            events = [render_event(record) for record in records]
+            self._give_up(GivenUp(events, REASON_SHUTDOWN_DEADLINE, error), first)
+            with self._lock:
+                del self._in_flight[first]
+        # Everything is finished now: whoever still waits in flush() has an answer.
+        self._answer(list(self._open_requests))
 
     def _answer(self, requests: list[FlushRequest]) -> None:
         if not requests:
@@ -444,13 +508,15 @@ class Flusher:
                 elif blocked is not None:
                     request.note_undelivered(finished, request.target - finished, blocked)
                     answered.append(request)
-                # Otherwise some of its events were still in the buffer when this cycle
-                # began (it only retried batches held back): the next cycle takes them.
+                # Otherwise some of its events wait for a retry, or were still in the buffer
+                # when this cycle began (it only retried batches held back): a later cycle
+                # answers it.
             self._open_requests = [r for r in self._open_requests if r not in answered]
         for request in answered:
             request.finish()
 
     def _finished_watermark(self) -> int:
         """Every event numbered below this is finished. Call with the lock held."""
-        waiting = [*self._in_flight, *(batch.first for batch in self._unsent)]
+        held = (*self._unsent, *self._retrying)
+        waiting = [*self._in_flight, *(batch.first for batch in held)]
         return min(waiting) if waiting else self._next_number

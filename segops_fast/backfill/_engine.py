@@ -9,9 +9,10 @@ the client's retries, pacing them to a rate, and reporting, in input order, how 
 everything has been settled. It does not read files, parse lines, write dead letters or
 checkpoints: the caller does, from what this reports.
 
-A batch is *settled* when the server acknowledged it or the events were given up as failed
-(refused, or retries exhausted) and reported. The *watermark* is the end position of the
-longest settled prefix of the stream: everything before it needs no sending again.
+A batch is *settled* when the server acknowledged it or refused its events and they were
+reported; a batch that only met 429, 5xx or silence is sent again until one or the other.
+The *watermark* is the end position of the longest settled prefix of the stream:
+everything before it needs no sending again.
 A stopped engine leaves unsettled batches alone; they are what a resume sends again.
 """
 
@@ -28,7 +29,6 @@ from .._batching import Batch
 from .._delivery import (
     REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
-    ApiUnavailableError,
     Deadline,
     Delivery,
     GivenUp,
@@ -280,34 +280,35 @@ class StreamSender:
             self._send(item)
 
     def _send(self, pending: _PendingBatch) -> None:
-        # Normally one batch; the parts still to send when the API became unreachable
-        # part-way through the halves of a batch the server found too large.
+        # Normally one batch; else the halves of one the server found too large, each
+        # waiting for its retry or for the API to be reachable again.
         batches = [pending.batch]
         failed = 0
         waits = 0
         while batches:
-            try:
-                given_up = self._delivery.deliver_batch(batches[0])
-            except ApiUnavailableError as unavailable:
+            if self._stopped.wait(max(0.0, batches[0].retry_at - time.monotonic())):
+                return
+            attempted = self._delivery.attempt_batch(batches[0])
+            if any(part.reason == REASON_SHUTDOWN_DEADLINE for part in attempted.given_up):
+                # Stopped: left unsettled, for a resume to send again.
+                return
+            if any(part.reason == REASON_RETRIES_EXHAUSTED for part in attempted.given_up):
+                # A backfill has time: rather than fail events the server would take a
+                # little later, it sends the batch again, same key, after a pause.
+                if self._stopped.wait(self._policy.delay(waits, None)):
+                    return
+                waits += 1
+                continue
+            batches[0:1] = sorted(
+                attempted.to_retry + attempted.unsent, key=lambda batch: batch.first
+            )
+            if attempted.unavailable is not None:
                 # Nothing of these was sent: wait for the API as long as it takes, until
                 # stopped. Reading waits too, once every sender is busy.
-                batches[0:1] = unavailable.unsent
                 if self._stopped.wait(self._policy.delay(waits, None)):
                     return
                 waits += 1
-                continue
-            if any(part.reason == REASON_SHUTDOWN_DEADLINE for part in given_up):
-                # Stopped between retries: left unsettled, for a resume to send again.
-                return
-            if any(part.reason == REASON_RETRIES_EXHAUSTED for part in given_up):
-                # The server may have stored it, or may take it later: a backfill has time,
-                # so it sends the batch again, same key, rather than leave it in doubt.
-                if self._stopped.wait(self._policy.delay(waits, None)):
-                    return
-                waits += 1
-                continue
-            del batches[0]
-            for part in given_up:
+            for part in attempted.given_up:
                 self._on_failed(part)
                 failed += len(part.events)
         self._settle(pending.sequence, pending.end, len(pending.batch) - failed, failed)

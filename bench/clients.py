@@ -24,14 +24,15 @@ import orjson
 from segops_fast.testing import DEFAULT_SECRET_KEY
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
+#: How to call a client's track for one event: (user_id, event_type, payload) -> a Call.
+CallBuilder = Callable[[str, str, dict[str, Any]], Call]
 
 
 @dataclass(frozen=True)
 class Client:
     #: The library's method, called as ``track(*args, **kwargs)`` with a :data:`Call`.
     track: Callable[..., object]
-    #: The call for one event: (user_id, event_type, payload) -> (args, kwargs).
-    call: Callable[[str, str, dict[str, Any]], Call]
+    call: CallBuilder
     flush: Callable[[], object]
     shutdown: Callable[[], object]
 
@@ -40,7 +41,7 @@ class Client:
         self.track(*args, **kwargs)
 
 
-def _keywords(user_id: str, event_type: str, payload: dict[str, Any]) -> Call:
+def keywords(user_id: str, event_type: str, payload: dict[str, Any]) -> Call:
     return (), {"user_id": user_id, "event_type": event_type, "payload": payload}
 
 
@@ -50,7 +51,7 @@ def _segops_api(module_name: str, **options: Any) -> Callable[[str], Client]:
     def build(url: str) -> Client:
         module = importlib.import_module(module_name)
         client = module.SegOpsClient(url, DEFAULT_SECRET_KEY, **options)
-        return Client(client.track, _keywords, client.flush, client.shutdown)
+        return Client(client.track, keywords, client.flush, client.shutdown)
 
     return build
 
@@ -68,7 +69,7 @@ def _no_op(url: str) -> Client:
     ) -> None:
         return None
 
-    return Client(track, _keywords, lambda: None, lambda: None)
+    return Client(track, keywords, lambda: None, lambda: None)
 
 
 def _segment(url: str) -> Client:

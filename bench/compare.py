@@ -1,7 +1,7 @@
 """segops_fast side by side with the no-op floor, segops 0.2.2, Segment's and PostHog's SDKs.
 
     pip install -e ".[dev,bench]"
-    python bench/compare.py                 # about 3 minutes; writes bench/results/comparison.*
+    python bench/compare.py                 # about 8 minutes; writes bench/results/comparison.*
 
 One LocalIngestServer runs in its own process. Each client runs in a fresh process, one
 producer thread, default settings, payload ``{"path": "/home", "i": i}``, user ids cycling
@@ -17,6 +17,13 @@ over 1,000, in two passes of ``--events`` events:
 Then segops_fast alone: throughput with 20 ms of server latency for max_in_flight 1, 2,
 4 and 8; and the memory a queued event costs (tracemalloc, 100,000 events queued).
 
+Two things keep the machine from being what is measured. The server gets a CPU of its own
+and the clients the others (on Linux with two or more CPUs): otherwise the scheduler puts
+the server beside the producer at random, and a client that delivers faster makes the
+server take more of the producer's CPU. And this machine's speed drifts by up to 2x over
+seconds (a pure-Python loop, alone), so every client runs in each of ``--rounds`` rounds,
+one after the other, and each figure is the median of its rounds.
+
 It writes ``comparison.json``, ``comparison.md`` (the tables, ratios and targets) and
 ``comparison.png`` into ``--out``, and prints the Markdown.
 """
@@ -26,14 +33,25 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
-from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, run_fresh, segops_fast_with
+from clients import (
+    BUILDERS,
+    NO_OP,
+    SEGOPS_FAST,
+    Call,
+    CallBuilder,
+    Client,
+    run_fresh,
+    segops_fast_with,
+)
+from placement import describe, on_cpus, server_and_client_cpus
 
 import segops_fast
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
@@ -44,10 +62,9 @@ QUEUED_FOR_MEMORY = 100_000
 RESULTS = Path(__file__).parent / "results"
 
 
-def _payloads(event_type: str, count: int, client: Client) -> list[Any]:
-    return [
-        client.call(f"user-{i % 1000}", event_type, {"path": "/home", "i": i}) for i in range(count)
-    ]
+def payloads(event_type: str, count: int, call: CallBuilder) -> list[Call]:
+    """The workload: ``count`` events of ``event_type``, user ids cycling over 1,000."""
+    return [call(f"user-{i % 1000}", event_type, {"path": "/home", "i": i}) for i in range(count)]
 
 
 def _percentile(sorted_values: list[int], fraction: float) -> float:
@@ -57,26 +74,35 @@ def _percentile(sorted_values: list[int], fraction: float) -> float:
 # -- what runs in each fresh process -----------------------------------------------------------
 
 
-def measure_client(name: str, url: str, events: int) -> dict[str, Any]:
-    """The latency pass then the throughput pass, for one client."""
-    client = BUILDERS[name](url)
-    track = client.track
+def time_each_call(track: Callable[..., object], calls: list[Call]) -> list[int]:
+    """How long each ``track(*args, **kwargs)`` took, in nanoseconds, sorted."""
     clock = time.perf_counter_ns
-    calls = _payloads("latency", events, client)
-    durations = [0] * events
+    durations = [0] * len(calls)
     for index, (args, kwargs) in enumerate(calls):
         began = clock()
         track(*args, **kwargs)
         durations[index] = clock() - began
-    client.flush()
-    del calls
     durations.sort()
-    result: dict[str, Any] = {
+    return durations
+
+
+def latency_figures(durations: list[int]) -> dict[str, float]:
+    """Mean and percentiles, in microseconds, of sorted durations in nanoseconds."""
+    return {
         "mean_us": sum(durations) / len(durations) / 1000,
         "p50_us": _percentile(durations, 0.50),
         "p99_us": _percentile(durations, 0.99),
         "p999_us": _percentile(durations, 0.999),
     }
+
+
+def measure_client(name: str, url: str, events: int) -> dict[str, Any]:
+    """The latency pass then the throughput pass, for one client."""
+    client = BUILDERS[name](url)
+    result: dict[str, Any] = latency_figures(
+        time_each_call(client.track, payloads("latency", events, client.call))
+    )
+    client.flush()
     result.update(_throughput(client, events))
     client.shutdown()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -85,7 +111,7 @@ def measure_client(name: str, url: str, events: int) -> dict[str, Any]:
 
 def _throughput(client: Client, events: int) -> dict[str, Any]:
     track = client.track
-    calls = _payloads("throughput", events, client)
+    calls = payloads("throughput", events, client.call)
     began = time.perf_counter()
     for args, kwargs in calls:
         track(*args, **kwargs)
@@ -133,36 +159,61 @@ def _run(mode: str, url: str, *arguments: object) -> dict[str, Any]:
     return run_fresh(__file__, "--measure", mode, url, *arguments, timeout=900)
 
 
-def compare(events: int) -> dict[str, Any]:
-    clients: dict[str, Any] = {}
-    in_flight: dict[str, Any] = {}
-    with IngestServerProcess() as server:
-        for name in BUILDERS:
+def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, and the rounds themselves."""
+    return {
+        **{key: statistics.median(result[key] for result in rounds) for key in rounds[0]},
+        "rounds": rounds,
+    }
+
+
+def _client_round(server: IngestServerProcess, name: str, events: int) -> dict[str, Any]:
+    server.reset()
+    result = _run("client", server.url, name, events)
+    stored = server.summary_by_event_type()
+    for kind in ("latency", "throughput"):
+        counts = stored.get(kind, {"unique_events": 0, "duplicate_events": 0})
+        result[f"{kind}_stored"] = counts["unique_events"]
+        result[f"{kind}_duplicates"] = counts["duplicate_events"]
+    result["events_per_second"] = result["throughput_stored"] / result["throughput_seconds"]
+    return result
+
+
+def _in_flight_round(server: IngestServerProcess, events: int, setting: int) -> dict[str, Any]:
+    server.reset()
+    result = _run("in-flight", server.url, events, setting)
+    result["stored"] = server.summary()["unique_events"]
+    result["events_per_second"] = result["stored"] / result["throughput_seconds"]
+    return result
+
+
+def compare(events: int, rounds: int) -> dict[str, Any]:
+    server_cpus, client_cpus = server_and_client_cpus()
+    clients: dict[str, list[dict[str, Any]]] = {name: [] for name in BUILDERS}
+    in_flight: dict[str, list[dict[str, Any]]] = {str(n): [] for n in IN_FLIGHT_SETTINGS}
+    with on_cpus(server_cpus):
+        server = IngestServerProcess().start()
+        slow_server = IngestServerProcess(["--latency", str(IN_FLIGHT_LATENCY)]).start()
+    try:
+        with on_cpus(client_cpus):
+            for _ in range(rounds):
+                for name in BUILDERS:
+                    clients[name].append(_client_round(server, name, events))
+                for setting in IN_FLIGHT_SETTINGS:
+                    in_flight[str(setting)].append(_in_flight_round(slow_server, events, setting))
             server.reset()
-            result = _run("client", server.url, name, events)
-            stored = server.summary_by_event_type()
-            for kind in ("latency", "throughput"):
-                counts = stored.get(kind, {"unique_events": 0, "duplicate_events": 0})
-                result[f"{kind}_stored"] = counts["unique_events"]
-                result[f"{kind}_duplicates"] = counts["duplicate_events"]
-            result["events_per_second"] = result["throughput_stored"] / result["throughput_seconds"]
-            clients[name] = result
-        server.reset()
-        memory = _run("memory", server.url)
-    with IngestServerProcess(["--latency", str(IN_FLIGHT_LATENCY)]) as slow_server:
-        for setting in IN_FLIGHT_SETTINGS:
-            slow_server.reset()
-            result = _run("in-flight", slow_server.url, events, setting)
-            stored = slow_server.summary()["unique_events"]
-            result["stored"] = stored
-            result["events_per_second"] = stored / result["throughput_seconds"]
-            in_flight[str(setting)] = result
+            memory = _run("memory", server.url)
+    finally:
+        server.stop()
+        slow_server.stop()
     return {
         "events": events,
+        "rounds": rounds,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
-        "clients": clients,
-        "in_flight": in_flight,
+        "placement": describe(server_cpus, client_cpus),
+        "clients": {name: _medians(results) for name, results in clients.items()},
+        "in_flight": {setting: _medians(results) for setting, results in in_flight.items()},
         "memory": memory,
     }
 
@@ -212,7 +263,8 @@ def markdown(results: dict[str, Any]) -> str:
     fast = clients[SEGOPS_FAST]
     lines = [
         f"{results['events']:,} events per pass, one producer thread, Python {results['python']},"
-        f" {results['cpus']} CPUs.",
+        f" {results['cpus']} CPUs, {results['placement']}; each figure the median of"
+        f" {results['rounds']} rounds.",
         "",
         "| client | track() mean | p50 | p99 | p99.9 | mean vs segops_fast "
         "| delivered events/s | vs segops_fast | stored of sent | peak RSS |",
@@ -223,13 +275,10 @@ def markdown(results: dict[str, Any]) -> str:
         versus_rate = (
             "-" if name == NO_OP else f"{row['events_per_second'] / fast['events_per_second']:.2f}x"
         )
-        stored = (
-            "-"
-            if name == NO_OP
-            else (
-                f"{row['latency_stored'] + row['throughput_stored']:,} of {2 * results['events']:,}"
-            )
-        )
+        # Every round's events, not a median: one lost event anywhere shows.
+        stored_in_all = sum(r["latency_stored"] + r["throughput_stored"] for r in row["rounds"])
+        sent_in_all = 2 * results["events"] * results["rounds"]
+        stored = "-" if name == NO_OP else f"{stored_in_all:,} of {sent_in_all:,}"
         lines.append(
             f"| {name} | {row['mean_us']:.2f} us | {row['p50_us']:.2f} us | {row['p99_us']:.2f} us"
             f" | {row['p999_us']:.2f} us | {row['mean_us'] / fast['mean_us']:.2f}x | {delivered}"
@@ -286,7 +335,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     rate.set_ylabel("delivered events/s (one producer)")
     rate.tick_params(axis="x", rotation=20)
     plt.setp(rate.get_xticklabels(), ha="right")
-    figure.suptitle(f"segops_fast vs peers, {results['events']:,} events, one producer thread")
+    figure.suptitle(
+        f"segops_fast vs peers, {results['events']:,} events, one producer thread,"
+        f" medians of {results['rounds']} rounds"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -294,9 +346,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="events per pass")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each client")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     arguments = parser.parse_args()
-    results = compare(arguments.events)
+    results = compare(arguments.events, arguments.rounds)
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "comparison.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2)

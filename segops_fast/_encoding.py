@@ -125,30 +125,31 @@ def render_events(parts: list[bytes], records: Iterable[Record]) -> None:
     Pieces rather than whole objects, so that a batch body is one ``join`` with no
     intermediate bytes object per event; the timestamp is assembled from cached pieces
     (the date and time of the second, and two three-digit groups) with no formatting.
+    Every event's first piece starts with the comma that separates it from the one before,
+    and the first event's comma is cut off at the end: one slice instead of a test per
+    event, on the thread that competes with ``track()`` for the GIL.
     """
-    separator: tuple[bytes, ...] = ()
+    start = len(parts)
     last_second, second_text = -1, b""
     digits = _THREE_DIGITS
     for stamp, fields in records:
         if stamp is None:
-            parts += separator
-            parts += (b"{", fields)
+            parts += (b",{", fields)
         else:
-            second, microsecond = divmod(stamp // 1000, 1_000_000)
+            second, nanosecond = divmod(stamp, 1_000_000_000)
             if second != last_second:
                 last_second, second_text = second, _second_text(second)
-            millisecond, microsecond = divmod(microsecond, 1000)
-            parts += separator
             # occurred_at goes in front of the stored fields; JSON objects are unordered.
             parts += (
-                b'{"occurred_at":"',
+                b',{"occurred_at":"',
                 second_text,
-                digits[millisecond],
-                digits[microsecond],
+                digits[nanosecond // 1_000_000],
+                digits[nanosecond // 1000 % 1000],
                 b'+00:00",',
                 fields,
             )
-        separator = (b",",)
+    if len(parts) > start:
+        parts[start] = parts[start][1:]
 
 
 _THREE_DIGITS = [b"%03d" % number for number in range(1000)]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import hypothesis.strategies as st
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import segops_fast as segops
 from segops_fast._batching import Batch, assemble_batches
 from segops_fast._buffer import EventBuffer
-from segops_fast._encoding import Record
+from segops_fast._encoding import Record, render_events
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 
 # What JSON and orjson can carry exactly: 64-bit integers, finite floats, any unicode.
@@ -138,3 +140,44 @@ def test_batches_keep_order_fit_their_bound_and_are_as_full_as_it_allows(
             # Greedy: the next event would not have fitted.
             with_next = Batch([*batch.records, batches[number + 1].records[0]], "k")
             assert len(with_next.render_body()) > max_batch_bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            # From the epoch to the year 2100, in nanoseconds, or the caller's own occurred_at.
+            st.one_of(st.none(), st.integers(min_value=0, max_value=4_102_444_800 * 10**9 - 1)),
+            st.integers(min_value=0, max_value=2**63),
+        ),
+        max_size=40,
+    )
+)
+def test_rendered_events_are_comma_separated_objects_stamped_to_the_microsecond(
+    events: list[tuple[int | None, int]],
+) -> None:
+    records: list[Record] = [
+        (
+            stamp,
+            orjson.dumps({"i": number, "occurred_at": "given"} if stamp is None else {"i": number})[
+                1:
+            ],
+        )
+        for stamp, number in events
+    ]
+    parts = [b"["]
+    render_events(parts, records)
+    parts.append(b"]")
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    expected = [
+        {"i": number, "occurred_at": "given"}
+        if stamp is None
+        else {
+            "occurred_at": (epoch + timedelta(microseconds=stamp // 1000)).isoformat(
+                timespec="microseconds"
+            ),
+            "i": number,
+        }
+        for stamp, number in events
+    ]
+    assert orjson.loads(b"".join(parts)) == expected

@@ -42,6 +42,13 @@ class IngestServerProcess:
         self.url = first_line.split()[-1]
         return self
 
+    @property
+    def pid(self) -> int:
+        """The server's process id, for reading its CPU time."""
+        if self._process is None:
+            raise RuntimeError("the server is not running")
+        return self._process.pid
+
     def summary(self) -> dict[str, int]:
         """:meth:`LocalIngestServer.summary` of the server process."""
         result: dict[str, int] = self._get("/_local/summary")

@@ -111,6 +111,13 @@ class GivenUp:
     events: list[bytes]
     reason: str
     error: SegOpsApiError
+    #: The number of the first of them in the order the flusher took events (a batch's
+    #: ``first``), so that a flush() counts only those it waited for; 0 when sent alone.
+    first: int = 0
+
+    @classmethod
+    def of_batch(cls, batch: Batch, reason: str, error: SegOpsApiError) -> GivenUp:
+        return cls(batch.events(), reason, error, batch.first)
 
 
 @dataclass
@@ -175,7 +182,7 @@ class Delivery:
             if self._deadline.passed():
                 error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=len(current))
                 attempted.given_up.append(
-                    GivenUp(current.events(), REASON_SHUTDOWN_DEADLINE, error)
+                    GivenUp.of_batch(current, REASON_SHUTDOWN_DEADLINE, error)
                 )
                 continue
             body = current.render_body()
@@ -196,7 +203,7 @@ class Delivery:
                 else:
                     retryable.error.undelivered = len(current)
                     attempted.given_up.append(
-                        GivenUp(current.events(), REASON_RETRIES_EXHAUSTED, retryable.error)
+                        GivenUp.of_batch(current, REASON_RETRIES_EXHAUSTED, retryable.error)
                     )
                 continue
             if response.ok:
@@ -206,7 +213,7 @@ class Delivery:
                 remaining.extend((second, first))
             else:
                 refusal = self._refusal(response, len(current))
-                attempted.given_up.append(GivenUp(current.events(), REASON_FAILED, refusal))
+                attempted.given_up.append(GivenUp.of_batch(current, REASON_FAILED, refusal))
         return attempted
 
     def _schedule_retry(self, batch: Batch, retry_after: str | None) -> bool:

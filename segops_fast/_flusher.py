@@ -439,7 +439,7 @@ class Flusher:
     def _send(self, batch: Batch) -> None:
         attempted = self._delivery.attempt_batch(batch)
         for part in attempted.given_up:
-            self._give_up(part, batch.first)
+            self._give_up(part)
         with self._lock:
             if attempted.unavailable is not None:
                 self._unavailable_error = attempted.unavailable
@@ -453,12 +453,12 @@ class Flusher:
 
     # -- giving up and answering -------------------------------------------------------------
 
-    def _give_up(self, given_up: GivenUp, first: int) -> None:
+    def _give_up(self, given_up: GivenUp) -> None:
         if not given_up.events:
             return
         with self._lock:
             for request in self._open_requests:
-                request.note_undelivered(first, len(given_up.events), given_up.error)
+                request.note_undelivered(given_up.first, len(given_up.events), given_up.error)
         self._on_given_up(given_up)
 
     def _give_up_held(self, reason: str, error: BaseException) -> None:
@@ -477,7 +477,7 @@ class Flusher:
                 if reason == REASON_FAILED and batch.maybe_stored
                 else reason
             )
-            self._give_up(GivenUp(batch.events(), why, failure), batch.first)
+            self._give_up(GivenUp.of_batch(batch, why, failure))
 
     def _give_up_everything_left(self) -> None:
         """The shutdown deadline passed: drop what waits, once the requests under way end."""
@@ -489,7 +489,7 @@ class Flusher:
             first = self._next_number - len(records)
             error = SegOpsApiError("shutdown deadline passed", undelivered=len(records))
             events = [render_event(record) for record in records]
-            self._give_up(GivenUp(events, REASON_SHUTDOWN_DEADLINE, error), first)
+            self._give_up(GivenUp(events, REASON_SHUTDOWN_DEADLINE, error, first))
             with self._lock:
                 del self._in_flight[first]
         # Everything is finished now: whoever still waits in flush() has an answer.

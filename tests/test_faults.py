@@ -13,6 +13,7 @@ import gc
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,47 @@ def test_a_body_size_limit_splits_until_batches_fit_and_fails_what_never_can(
     assert (raised.value.status, raised.value.undelivered) == (413, 1)
     assert reasons == ["failed"]
     assert server.summary()["unique_events"] == EVENTS
+    assert client.stats().failed == 1
+    _assert_exactly_once(server, client)
+
+
+def test_a_flush_is_not_charged_with_a_later_event_refused_from_a_split_batch(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    dropped: list[str] = []
+    client = make_client(
+        batch_size=1000,
+        max_in_flight=1,
+        on_drop=lambda events, reason: dropped.extend(event["event_type"] for event in events),
+        on_error=lambda error: None,
+    )
+    flusher = client._pipeline.flusher
+    # The first request waits at the server, so that what follows is taken as one batch.
+    server.faults.hang(1.0)
+    client.track(user_id="u", event_type="first")
+    wait_until(lambda: flusher.buffer.taken == 1)
+    for number in range(6):
+        client.track(user_id="u", event_type=f"before-flush-{number}")
+    flushed: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            client.flush()
+            flushed.append(None)
+        except segops.SegOpsApiError as error:
+            flushed.append(error)
+
+    flushing = threading.Thread(target=flush)
+    flushing.start()
+    wait_until(lambda: len(flusher._open_requests) == 1)
+    # After the flush was asked for, in the same batch: a split isolates the huge event.
+    server.faults.max_body_bytes = 2_000
+    for number in range(4):
+        huge = {"text": "x" * 5_000} if number == 1 else {}
+        client.track(user_id="u", event_type=f"after-flush-{number}", payload=huge)
+    flushing.join(timeout=10)
+    assert flushed == [None], "the refused event was tracked after the flush was asked for"
+    assert dropped == ["after-flush-1"]
     assert client.stats().failed == 1
     _assert_exactly_once(server, client)
 

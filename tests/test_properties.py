@@ -156,15 +156,10 @@ def test_batches_keep_order_fit_their_bound_and_are_as_full_as_it_allows(
 def test_rendered_events_are_comma_separated_objects_stamped_to_the_microsecond(
     events: list[tuple[int | None, int]],
 ) -> None:
-    records: list[Record] = [
-        (
-            stamp,
-            orjson.dumps({"i": number, "occurred_at": "given"} if stamp is None else {"i": number})[
-                1:
-            ],
-        )
-        for stamp, number in events
-    ]
+    records: list[Record] = []
+    for stamp, number in events:
+        fields = {"i": number, "occurred_at": "given"} if stamp is None else {"i": number}
+        records.append((stamp, orjson.dumps(fields)[1:]))
     parts = [b"["]
     render_events(parts, records)
     parts.append(b"]")

@@ -2,6 +2,8 @@
 
 This module owns validation and serialization: everything ``track()`` does before the
 event is handed to the buffer. It does not own buffering, batching or sending.
+``SegOpsClient.track`` does the common case (keyword fields, a dict payload, no
+``occurred_at``) in line, to save a call; every other case and every error comes here.
 
 An event is serialized with orjson exactly once, when it is tracked, so a caller who
 mutates the payload afterwards cannot change what is sent, and no other thread ever

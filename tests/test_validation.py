@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import itertools
+from collections import OrderedDict
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 import pytest
 
 import segops_fast as segops
-from segops_fast.testing import LocalIngestServer
+from segops_fast._encoding import encode_event, render_event
+from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 
 from .conftest import MakeClient
 
@@ -54,15 +57,18 @@ def test_event_and_keyword_fields_together_are_refused(make_client: MakeClient) 
         client.track("page_viewed")  # type: ignore[arg-type]
 
 
+# Without occurred_at, track() stamps the event and counts the timestamp it will render.
+@pytest.mark.parametrize("occurred_at", ["t", None])
 def test_event_at_exactly_max_event_bytes_is_accepted(
-    server: LocalIngestServer, make_client: MakeClient
+    server: LocalIngestServer, make_client: MakeClient, occurred_at: str | None
 ) -> None:
     client = make_client(max_event_bytes=200)
     # Grow the payload until the next character would cross the limit.
     padding = ""
     while True:
         try:
-            client.track(user_id="u", event_type="e", occurred_at="t", payload={"p": padding + "x"})
+            payload = {"p": padding + "x"}
+            client.track(user_id="u", event_type="e", occurred_at=occurred_at, payload=payload)
         except segops.InvalidEventError:
             break
         padding += "x"
@@ -71,6 +77,65 @@ def test_event_at_exactly_max_event_bytes_is_accepted(
     # The server's JSON of the largest event accepted is exactly the limit long.
     largest = max(len(orjson.dumps(event)) for event in server.events)
     assert largest == 200
+
+
+class _Name(str):
+    pass
+
+
+def _encoded_or_error(user_id: Any, event_type: Any, payload: Any) -> dict[str, Any] | str:
+    """What encode_event makes of an event, as sent, or the message of the error it raises."""
+    try:
+        record = encode_event(user_id, event_type, None, payload, max_event_bytes=150)
+    except segops.InvalidEventError as error:
+        return str(error)
+    return dict(orjson.loads(render_event(record)))
+
+
+def test_track_encodes_every_event_as_encode_event_does() -> None:
+    """track() does the common case in line; no event may depend on which path it took."""
+    # One value of each kind each check tells apart; 44 characters of padding make the
+    # event, with u and e, exactly as long as max_event_bytes=150 allows.
+    identities: list[Any] = ["u", _Name("u"), "", None, 7]
+    payloads: list[Any] = [
+        {"padding": "x" * 43},
+        {"padding": "x" * 44},
+        {"padding": "x" * 45},
+        {"x": 2**70},
+        OrderedDict(a=1),
+        None,
+        [1],
+    ]
+    dropped: list[dict[str, Any]] = []
+    # A closed client hands every valid event to on_drop, exactly as it would have sent it.
+    client = segops.SegOpsClient(
+        "http://127.0.0.1:9",
+        DEFAULT_SECRET_KEY,
+        max_event_bytes=150,
+        on_drop=lambda events, reason: dropped.extend(events),
+        on_error=lambda error: None,
+    )
+    client.shutdown()
+    outcomes = set()
+    for user_id, event_type, payload in itertools.product(identities, identities, payloads):
+        case = f"user_id={user_id!r} event_type={event_type!r} payload={payload!r}"
+        expected = _encoded_or_error(user_id, event_type, payload)
+        if isinstance(expected, str):
+            with pytest.raises(segops.InvalidEventError) as raised:
+                client.track(user_id=user_id, event_type=event_type, payload=payload)
+            assert str(raised.value) == expected, case
+            assert dropped == [], case
+            outcomes.add("refused")
+            continue
+        client.track(user_id=user_id, event_type=event_type, payload=payload)
+        (event,) = dropped
+        dropped.clear()
+        # Each path read the clock itself: the timestamps differ, and both must be valid.
+        for sent in (event, expected):
+            assert datetime.fromisoformat(sent.pop("occurred_at")).tzinfo == timezone.utc, case
+        assert event == expected, case
+        outcomes.add("sent")
+    assert outcomes == {"sent", "refused"}
 
 
 def test_str_subclasses_are_accepted(server: LocalIngestServer, make_client: MakeClient) -> None:

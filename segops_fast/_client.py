@@ -20,14 +20,7 @@ import orjson
 
 from . import _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
-from ._delivery import (
-    REASON_FAILED,
-    REASON_RETRIES_EXHAUSTED,
-    Deadline,
-    Delivery,
-    GivenUp,
-    RetryPolicy,
-)
+from ._delivery import Deadline, Delivery, GivenUp, RetryPolicy
 from ._encoding import (
     RENDERED_TIMESTAMP_BYTES,
     Record,
@@ -91,6 +84,11 @@ class _Reporter:
         except Exception:
             logger.exception("SegOps: the on_error callback raised")
 
+    def given_up(self, given_up: GivenUp) -> None:
+        """Tell the user about events that will not be delivered (already counted)."""
+        self.dropped(given_up.events, given_up.reason)
+        self.error(given_up.error)
+
     def dropped(self, events: list[bytes], reason: str) -> None:
         if self._on_drop is None:
             return
@@ -123,11 +121,12 @@ class _Pipeline:
             else None
         )
         self.deadline = Deadline()
+        policy = RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap)
         self.delivery = Delivery(
             transport=self.transport,
             api_key=options.api_key,
             session=self.session,
-            policy=RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap),
+            policy=policy,
             counters=self.counters,
             deadline=self.deadline,
         )
@@ -139,21 +138,15 @@ class _Pipeline:
             flush_interval=options.flush_interval,
             max_batch_bytes=options.max_batch_bytes,
             max_in_flight=options.max_in_flight,
+            # flush() waits for an unreachable API as long as a batch answered 503 would
+            # wait for its retries: a deploy's few seconds of refused connections are
+            # ridden out, as the retry settings asked.
+            outage_patience=policy.longest_wait(),
             deadline=self.deadline,
             background=not _uwsgi.python_threads_disabled(),
-            on_given_up=self.settle,
+            on_given_up=reporter.given_up,
             report_error=reporter.error,
         )
-
-    def settle(self, given_up: GivenUp) -> None:
-        """Count events that will not be delivered, and tell the user."""
-        count = len(given_up.events)
-        if given_up.reason in (REASON_FAILED, REASON_RETRIES_EXHAUSTED):
-            self.counters.failed_in_flight(count)
-        else:
-            self.counters.dropped_in_flight(count)
-        self.reporter.dropped(given_up.events, given_up.reason)
-        self.reporter.error(given_up.error)
 
     def stop_soon(self) -> None:
         """The client was garbage-collected unclosed: send what is left, then end the thread."""
@@ -342,7 +335,7 @@ class SegOpsClient:
         flusher.stop()
         if not flusher.join(deadline):
             pipeline.deadline.expire_now()
-            undelivered = self.stats().queued
+            undelivered = flusher.abandon()
             raise SegOpsApiError(
                 f"SegOps: shutdown deadline of {deadline}s passed with {undelivered} events "
                 "undelivered; they are handed to on_drop and counted as dropped",
@@ -428,7 +421,8 @@ class SegOpsClient:
         pipeline.counters.sending_synchronously(1)
         given_up = pipeline.delivery.deliver_single(render_event(record), new_idempotency_key())
         if given_up is not None:
-            pipeline.settle(given_up)
+            pipeline.counters.given_up(1, failed=given_up.failed)
+            self._reporter.given_up(given_up)
         return True
 
     def _refused(self, record: Record) -> None:

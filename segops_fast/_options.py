@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_BATCH_SIZE = 20
-DEFAULT_FLUSH_INTERVAL = 5.0
+#: What delivery costs a web worker is per request, not per event: each request is a few
+#: hundred microseconds of Python (urllib3's request path, waking a thread) on the very CPU
+#: that serves the app, while each event adds about half a microsecond (rendering its
+#: timestamp, its share of the body). So the flusher lingers until a request carries
+#: many events: at most ``batch_size`` events or ``flush_interval`` seconds, whichever
+#: comes first. Measured with bench/app_overhead.py (gunicorn, one event per request,
+#: ~5,000 requests/s): the reference's 20 events cost the worker 17% of its requests/s,
+#: 1,000 events and 0.5 s cost it about what capturing the events costs (the essence
+#: row). 0.5 s is also what Segment and PostHog linger, and 10x sooner than the
+#: reference's 5 s, so events reach the API sooner than before, not later.
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_FLUSH_INTERVAL = 0.5
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024

@@ -19,11 +19,11 @@ once). ``flush()`` and ``shutdown()`` never wait for a linger.
 How a cycle sends
 -----------------
 A cycle takes everything waiting, cuts it into batches of at most ``max_batch_bytes``,
-and sends them, oldest first. The flusher sends the last batch of a cycle itself; only
-the batches before it are handed to sender threads (``max_in_flight - 1`` of them,
-started when first needed), so a web worker whose cycle fills one request pays no
-thread hand-off at all, while a backfill's cycles still keep ``max_in_flight`` requests
-under way. A cycle ends when all its requests are answered.
+and sends them, oldest first. The flusher sends a batch itself unless a sender thread
+(``max_in_flight - 1`` of them, started when a cycle first has several batches) is free
+to take it, and it always sends the last batch of a cycle itself. So a web worker whose
+cycle fills one request pays no thread hand-off at all, while a backfill keeps
+``max_in_flight`` requests under way. A cycle ends when all its requests are answered.
 
 Numbering
 ---------
@@ -129,6 +129,9 @@ class Flusher:
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._senders: list[threading.Thread] = []
+        #: Senders waiting for a batch (or about to): one is handed a batch only if it is
+        #: free, else the flusher sends the batch itself.
+        self._idle_senders = 0
         self._stopping = False
         #: Set by the flusher thread as it ends; the senders end when they see it.
         self._senders_may_exit = False
@@ -435,12 +438,9 @@ class Flusher:
         return batches
 
     def _dispatch(self, batches: list[Batch]) -> None:
-        """Send ``batches`` in order, max_in_flight at most under way at once.
-
-        Every batch but the last is handed to a sender; the last is sent here, once the
-        senders have taken the others, so that requests start in order. Empties
-        ``batches`` as it goes, so that a finished batch's events can be freed.
-        """
+        """Send ``batches`` in order, max_in_flight at most under way at once: each to a
+        free sender, else here. Empties ``batches`` as it goes, so that a finished batch's
+        events can be freed."""
         with self._lock:
             # Every batch is unfinished before the first is sent (this also replaces the
             # entry that stood for all the records since they were taken).
@@ -465,12 +465,9 @@ class Flusher:
                     batch.retry_at = self._schedule.resume_at
                     self._schedule.retry_later([batch])
                     continue
-                if self._max_in_flight > 1:
-                    self._changed.wait_for(lambda: not self._to_send or self._abandoned)
-                    if self._abandoned:
-                        return
-                    if batches:
-                        self._start_senders()
+                if batches and self._max_in_flight > 1:
+                    self._start_senders()
+                    if self._idle_senders > len(self._to_send):
                         self._to_send.append(batch)
                         self._changed.notify_all()
                         continue
@@ -479,6 +476,7 @@ class Flusher:
     def _start_senders(self) -> None:
         """Start the sender threads the first time a cycle has more than one batch. Lock held."""
         if not self._senders:
+            self._idle_senders = self._max_in_flight - 1
             self._senders = [
                 _start_daemon(self._run_sender, f"segops-fast-sender-{number}")
                 for number in range(1, self._max_in_flight)
@@ -546,8 +544,12 @@ class Flusher:
                 if not self._to_send:
                     return
                 batch = self._to_send.popleft()
-                self._changed.notify_all()
-            self._send(batch)
+                self._idle_senders -= 1
+            try:
+                self._send(batch)
+            finally:
+                with self._lock:
+                    self._idle_senders += 1
 
     def _send(self, batch: Batch) -> None:
         attempted = self._delivery.attempt_batch(batch)

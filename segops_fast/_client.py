@@ -293,7 +293,9 @@ class SegOpsClient:
         """Block until every event enqueued before this call is acknowledged.
 
         Raises :class:`SegOpsApiError` when some could not be delivered, or when
-        ``timeout`` seconds pass first; events not yet sent then stay queued.
+        ``timeout`` seconds pass first; events not yet sent then stay queued. While the
+        API cannot be reached it waits for it as long as the retry schedule would wait
+        for a batch answered 503, then raises with the count undelivered.
         """
         if self._closed or not self._options.batch:
             return

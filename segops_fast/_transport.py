@@ -146,6 +146,8 @@ class Transport:
                 headers=all_headers,
                 retries=False,
                 redirect=False,
+                # Forwarded through a proxy, the URL names the API, not the proxy.
+                assert_same_host=not self._forwarded,
                 timeout=urllib3.Timeout(connect=seconds, read=seconds),
                 preload_content=True,
             )

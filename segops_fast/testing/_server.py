@@ -95,6 +95,9 @@ class _Record:
     #: TLS handshakes completed and failed (with ``tls`` only): one per connection.
     tls_handshakes: int = 0
     tls_handshake_failures: int = 0
+    #: Requests whose body came gzipped, and the largest body of any request once decoded.
+    gzip_requests: int = 0
+    largest_body: int = 0
 
 
 class LocalIngestServer:
@@ -208,6 +211,18 @@ class LocalIngestServer:
             return self._record.tls_handshakes
 
     @property
+    def gzip_requests(self) -> int:
+        """Requests that came with ``Content-Encoding: gzip`` (and decoded)."""
+        with self._lock:
+            return self._record.gzip_requests
+
+    @property
+    def largest_body(self) -> int:
+        """The largest request body received, in bytes, after decoding any gzip."""
+        with self._lock:
+            return self._record.largest_body
+
+    @property
     def tls_handshake_failures(self) -> int:
         with self._lock:
             return self._record.tls_handshake_failures
@@ -300,6 +315,14 @@ class LocalIngestServer:
                 self._record.tls_handshakes += 1
             else:
                 self._record.tls_handshake_failures += 1
+
+    def _received_gzip(self) -> None:
+        with self._lock:
+            self._record.gzip_requests += 1
+
+    def _received_body(self, size: int) -> None:
+        with self._lock:
+            self._record.largest_body = max(self._record.largest_body, size)
 
     def _fault_acted(self) -> None:
         with self._lock:
@@ -557,6 +580,8 @@ class _Handler(BaseHTTPRequestHandler):
                 owner._rejected()
                 self._respond(400, {"detail": "Content-Encoding: gzip, but the body is not gzip"})
                 return
+            owner._received_gzip()
+        owner._received_body(len(body))
         if fault is not None and fault.kind == STATUS:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             self._respond(fault.status, {"detail": "a scripted fault"}, extra)

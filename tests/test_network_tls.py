@@ -17,7 +17,13 @@ import pytest
 import trustme
 
 import segops_fast as segops
-from segops_fast.testing import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, LocalIngestServer, ServerTLS
+from segops_fast.testing import (
+    DEFAULT_PUBLIC_KEY,
+    DEFAULT_SECRET_KEY,
+    IngestServerProcess,
+    LocalIngestServer,
+    ServerTLS,
+)
 
 from .conftest import assert_idle_invariant, track_numbered, wait_until
 from .forking import fork_child, reap
@@ -250,3 +256,15 @@ def test_the_tls_failure_is_reported_again_after_each_flush_interval(
     finally:
         with pytest.raises(segops.SegOpsApiError):
             client.shutdown(timeout=5)
+
+
+def test_segops_fast_serve_tls_in_its_own_process() -> None:
+    with IngestServerProcess(["--tls"]) as server:
+        assert server.url.startswith("https://")
+        assert server.ca_certs is not None
+        with segops.SegOpsClient(
+            server.url, DEFAULT_SECRET_KEY, ca_certs=server.ca_certs
+        ) as client:
+            track_numbered(client, 100)
+            client.flush(timeout=10)
+        assert server.summary()["unique_events"] == 100

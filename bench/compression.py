@@ -8,8 +8,8 @@ cycling over 1,000) and on a richer "typical" event (a page view with a dozen fi
 
 * the bodies alone: the client's own batches (``max_batch_bytes``, 512 KiB, and 20-event
   batches, the default ``batch_size`` when traffic is light), compressed with gzip at
-  level 1 (the client's) and at zlib's default, 6; bytes per event on the wire, and the CPU each event's
-  share of compressing costs (``time.process_time``, best of 5);
+  level 1 (the client's) and at zlib's default, 6; bytes per event on the wire, and the
+  CPU each event's share of compressing costs (``time.process_time``, best of 5);
 * end to end: one producer thread tracks as fast as it can, then flush(); delivered
   events/s (counted at the server, a ``segops-fast serve`` process on a CPU of its own)
   and the client process's CPU per event, without compression and with each level, over

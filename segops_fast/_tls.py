@@ -37,7 +37,9 @@ class TLSSettings:
                 raise ValueError(f"{name} must be a path (str) or None, got {value!r}")
         if self.client_key is not None and self.client_cert is None:
             raise ValueError("client_key needs client_cert: the key of which certificate?")
-        self.context()
+        if self.ca_certs is not None or self.client_cert is not None:
+            # Loading the files is the only sure check that they are usable.
+            self.context()
 
     def context(self) -> ssl.SSLContext:
         """A new context that verifies the server's certificate and host name."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 USER = "proxy-user"
 PASSWORD = "pr0xy-s3cret"
@@ -28,7 +29,10 @@ def _free_port() -> int:
 class RealProxy:
     """pproxy listening on 127.0.0.1 (HTTP, CONNECT), requiring ``USER:PASSWORD``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, block: Path | None = None) -> None:
+        #: A file of regular expressions, one a line: pproxy closes connections to the
+        #: hosts they match, unanswered.
+        self._block = block
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._tap: _Tap | None = None
@@ -37,8 +41,9 @@ class RealProxy:
         listen = f"http://127.0.0.1:{self.port}#{USER}:{PASSWORD}"
         # --auth=-1: every request authenticates (pproxy otherwise trusts an address that
         # did once, for 30 days).
+        block = ["-b", str(self._block)] if self._block else []
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "pproxy", "-l", listen, "--auth=-1"],
+            [sys.executable, "-m", "pproxy", "-l", listen, "--auth=-1", *block],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -171,6 +171,58 @@ def test_a_wrong_proxy_password_is_reported_masked_and_events_stay_queued(
     assert tls_server.event_count == 0
 
 
+def test_a_proxy_that_closes_connect_unanswered_is_reported(
+    tls_server: LocalIngestServer, tls: ServerTLS, tmp_path: Path
+) -> None:
+    errors: list[BaseException] = []
+    rules = tmp_path / "blocked-hosts"
+    rules.write_text("127\\.0\\.0\\.1\n")
+    with RealProxy(block=rules) as blocking:
+        client = segops.SegOpsClient(
+            tls_server.url,
+            DEFAULT_SECRET_KEY,
+            ca_certs=tls.ca_certs,
+            proxy=blocking.url(),
+            flush_interval=60,
+            on_error=errors.append,
+        )
+        track_numbered(client, 10)
+        with pytest.raises(segops.SegOpsApiError, match="refused the connection") as raised:
+            client.flush(timeout=10)
+        assert raised.value.undelivered == 10
+        assert PASSWORD not in str(raised.value)
+        assert len(errors) == 1
+        assert (client.stats().queued, client.stats().retried) == (10, 0)
+        with pytest.raises(segops.SegOpsApiError):
+            client.shutdown(timeout=5)
+    assert tls_server.event_count == 0
+
+
+def test_a_407_to_a_forwarded_plain_http_request_is_reported_not_failed(
+    server: LocalIngestServer, proxy: RealProxy
+) -> None:
+    dropped: list[str] = []
+    client = segops.SegOpsClient(
+        server.url,
+        DEFAULT_SECRET_KEY,
+        proxy=proxy.url(password="wrong-pw"),
+        flush_interval=60,
+        on_error=lambda error: None,
+        on_drop=lambda events, reason: dropped.extend([reason] * len(events)),
+    )
+    track_numbered(client, 10)
+    with pytest.raises(segops.SegOpsApiError, match="407") as raised:
+        client.flush(timeout=10)
+    assert "wrong-pw" not in str(raised.value)
+    # Not refused by the API: the events wait, as for an unreachable one.
+    assert (client.stats().queued, client.stats().failed) == (10, 0)
+    assert dropped == []
+    with pytest.raises(segops.SegOpsApiError):
+        client.shutdown(timeout=5)
+    assert dropped == ["failed"] * 10
+    assert server.event_count == 0
+
+
 def test_the_proxy_going_down_mid_stream_loses_nothing(
     tls_server: LocalIngestServer, tls: ServerTLS, proxy: RealProxy
 ) -> None:

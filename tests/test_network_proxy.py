@@ -226,6 +226,7 @@ def test_a_407_to_a_forwarded_plain_http_request_is_reported_not_failed(
 def test_the_proxy_going_down_mid_stream_loses_nothing(
     tls_server: LocalIngestServer, tls: ServerTLS, proxy: RealProxy
 ) -> None:
+    errors: list[BaseException] = []
     client = segops.SegOpsClient(
         tls_server.url,
         DEFAULT_SECRET_KEY,
@@ -233,7 +234,7 @@ def test_the_proxy_going_down_mid_stream_loses_nothing(
         proxy=proxy.url(),
         flush_interval=0.05,
         batch_size=10,
-        on_error=lambda error: None,
+        on_error=errors.append,
     )
     stop = threading.Event()
     tracked = 0
@@ -257,6 +258,8 @@ def test_the_proxy_going_down_mid_stream_loses_nothing(
         stop.set()
         producer.join()
     client.flush(timeout=30)
+    # The proxy was really gone for a while: sending through it failed, and was reported.
+    assert any("proxy" in str(error) for error in errors)
     stats = client.stats()
     assert stats.sent == tracked > 0
     summary = tls_server.summary()

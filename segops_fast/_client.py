@@ -45,8 +45,10 @@ from ._options import (
     DEFAULT_TIMEOUT,
     Options,
 )
+from ._proxy import Proxy, resolve_proxy
 from ._session import SessionManager, anonymous_user
 from ._stats import DeliveryCounters, Stats
+from ._tls import TLSSettings
 from ._transport import Transport
 from ._types import Context, Event, UserContext
 
@@ -106,14 +108,23 @@ class _Pipeline:
     """
 
     def __init__(
-        self, options: Options, get_user: Callable[[], UserContext], reporter: _Reporter
+        self,
+        options: Options,
+        get_user: Callable[[], UserContext],
+        reporter: _Reporter,
+        proxy: Proxy | None = None,
     ) -> None:
         #: The process this pipeline belongs to.
         self.pid = os.getpid()
         self.reporter = reporter
         self.counters = DeliveryCounters()
         self.transport = Transport(
-            options.api_url, timeout=options.timeout, max_connections=options.max_in_flight
+            options.api_url,
+            timeout=options.timeout,
+            max_connections=options.max_in_flight,
+            tls=TLSSettings(options.ca_certs, options.client_cert, options.client_key),
+            proxy=proxy,
+            compression=options.compression,
         )
         self.session = (
             SessionManager(options.api_key, get_user, self.transport)
@@ -185,6 +196,11 @@ class SegOpsClient:
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        proxy: str | None = None,
+        ca_certs: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        compression: str | None = None,
     ) -> None:
         options = Options(
             api_url=api_url.rstrip("/") if isinstance(api_url, str) else api_url,
@@ -202,9 +218,16 @@ class SegOpsClient:
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
             shutdown_timeout=shutdown_timeout,
+            proxy=proxy,
+            ca_certs=ca_certs,
+            client_cert=client_cert,
+            client_key=client_key,
+            compression=compression,
         )
         options.check()
         self._options = options
+        # Decided once: a forked child uses the proxy its parent was built with.
+        self._proxy = resolve_proxy(proxy, options.api_url)
         # Copied out of the options: the hot path reads them on every call.
         self._max_event_bytes = max_event_bytes
         # The longest JSON an event may have before track() adds its timestamp.
@@ -377,7 +400,7 @@ class SegOpsClient:
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
-        pipeline = _Pipeline(self._options, self._get_user, self._reporter)
+        pipeline = _Pipeline(self._options, self._get_user, self._reporter, self._proxy)
         self._pipeline = pipeline
         # The hot path calls this attribute directly: no branch on the batch mode.
         self._append: Callable[[Record], bool]

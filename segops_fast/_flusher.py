@@ -57,6 +57,7 @@ from ._encoding import Record
 from ._errors import SegOpsApiError
 from ._schedule import SendSchedule
 from ._stats import DeliveryCounters
+from ._transport import NetworkConfigError
 
 #: While the API cannot be reached, it is tried every flush_interval, but reported at most
 #: this often: a long outage must not write an error to the log twice a second.
@@ -628,9 +629,14 @@ class Flusher:
             for request in requests:
                 if finished >= request.target:
                     answered.append(request)
-                elif blocked is not None and (final or now >= request.patience_ends_at):
+                elif blocked is not None and (
+                    final
+                    or now >= request.patience_ends_at
+                    or isinstance(blocked, NetworkConfigError)
+                ):
                     # The API stayed unreachable for as long as the retry schedule would
-                    # have waited for it: the events stay queued, the caller is told.
+                    # have waited for it, or it cannot be reached until the TLS or proxy
+                    # settings change: the events stay queued, the caller is told.
                     request.note_undelivered(finished, request.target - finished, blocked)
                     answered.append(request)
                 # Otherwise some of its events wait for a retry or for the API, or were

@@ -7,7 +7,8 @@ the server), handed to ``on_drop``, or counted; the counters add up at every mom
 shutdown; the server never stores an event twice. The faults: 5xx, 429 with
 ``Retry-After``, a reset before the body, a reset after the batch was stored, a hang
 longer than a short and than a long request timeout, an outage shorter and longer than
-the retry budget, 401, and 413 (split until it fits, and an event too large alone).
+the retry budget, 401, 413 (split until it fits, and an event too large alone), and a
+certificate that does not verify.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable
 import pytest
 
 import segops_fast as segops
-from segops_fast.testing import LocalIngestServer
+from segops_fast.testing import LocalIngestServer, ServerTLS
 
 from .conftest import MakeClient, assert_idle_invariant, wait_until
 
@@ -40,6 +41,8 @@ class Fault:
     end: Callable[[LocalIngestServer], None] = lambda server: None
     #: Seconds after which the server may still store a request the client gave up.
     settles_within: float = 0.0
+    #: Served over HTTPS with a certificate from a CA the client does not trust.
+    untrusted_certificate: bool = False
 
 
 def _outage(server: LocalIngestServer) -> None:
@@ -84,6 +87,7 @@ FAULTS = [
     Fault("401", lambda server: None, {"api_key": "sk_not_a_key_of_this_server"}),
     Fault("413_split", _largest_body(400)),
     Fault("413_event_too_large_alone", _largest_body(40)),
+    Fault("tls_verification_failure", lambda server: None, untrusted_certificate=True),
 ]
 
 
@@ -99,7 +103,11 @@ class Outcome:
 @pytest.mark.parametrize("with_on_drop", [True, False], ids=["with_on_drop", "without_on_drop"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
 def test_every_promise_holds_under(
-    fault: Fault, with_on_drop: bool, server: LocalIngestServer, make_client: MakeClient
+    fault: Fault,
+    with_on_drop: bool,
+    server: LocalIngestServer,
+    make_client: MakeClient,
+    request: pytest.FixtureRequest,
 ) -> None:
     outcome = Outcome()
     lock = threading.Lock()
@@ -112,6 +120,10 @@ def test_every_promise_holds_under(
                 outcome.dropped[number] = reason
 
     options = {"backoff_base": 0.05, "on_error": lambda error: None, **fault.options}
+    if fault.untrusted_certificate:
+        server = LocalIngestServer(tls=ServerTLS.for_loopback()).start()
+        request.addfinalizer(server.stop)
+        options["api_url"] = server.url
     client = make_client(on_drop=on_drop if with_on_drop else None, **options)
     fault.stage(server)
 

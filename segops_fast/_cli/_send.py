@@ -68,6 +68,18 @@ def add_parser(commands: Any) -> None:
         help=f"largest request body (default {DEFAULT_MAX_BATCH_BYTES})",
     )
     parser.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="send through this HTTP proxy (http://[user:password@]host:port); '' for none; "
+        "default: $https_proxy / $http_proxy and $no_proxy, as urllib reads them",
+    )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="gzip request bodies (Content-Encoding: gzip)",
+    )
+    parser.add_argument(
         "--dead-letter",
         metavar="FILE",
         help="append invalid lines and failed events here, as JSON Lines that send can replay",
@@ -117,6 +129,8 @@ def run(arguments: argparse.Namespace) -> int:
         "errors": job.errors,
     }
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    for message in dict.fromkeys(job.errors):
+        print(f"segops-fast send: error: {message}", file=sys.stderr)
     if job.interrupted:
         return EXIT_INTERRUPTED
     return 1 if totals.failed or totals.invalid or job.errors else 0
@@ -140,6 +154,8 @@ def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:
         concurrency=arguments.concurrency,
         batch_bytes=arguments.batch_bytes,
         rate=arguments.rate,
+        proxy=arguments.proxy,
+        compression="gzip" if arguments.compress else None,
     )
     send.check()
     settings = JobSettings(

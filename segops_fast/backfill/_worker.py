@@ -83,7 +83,7 @@ def send_ranges(
     for index, input_range, start in assigned:
         if should_stop():
             return
-        _send_range(
+        refused = _send_range(
             index,
             input_range,
             start,
@@ -92,6 +92,9 @@ def send_ranges(
             report=report,
             should_stop=should_stop,
         )
+        if refused:
+            # TLS or the proxy refused: every other range would be refused the same way.
+            return
 
 
 def _send_range(
@@ -103,7 +106,9 @@ def _send_range(
     max_event_bytes: int,
     report: Report,
     should_stop: Callable[[], bool],
-) -> None:
+) -> bool:
+    """Send one range; True if TLS or the proxy refused the connection (then it stops)."""
+
     def on_failed(given_up: GivenUp) -> None:
         report(("failed", index, given_up.events, given_up.reason, str(given_up.error)))
 
@@ -132,7 +137,7 @@ def _send_range(
                 consumed = reader.consumed()
                 report(("read", index, consumed - read_so_far))
                 read_so_far = consumed
-                if should_stop():
+                if should_stop() or sender.stopped:
                     sender.stop()
                     break
             if too_long:
@@ -156,10 +161,13 @@ def _send_range(
         else:
             report(("read", index, reader.consumed() - read_so_far))
         sender.finish()
-        if not sender.stopped and sender.watermark == end:
+        if sender.error is not None:
+            report(("error", index, sender.error))
+        elif not sender.stopped and sender.watermark == end:
             report(("finished", index, end))
     finally:
         reader.close()
+    return sender.error is not None
 
 
 class _LineNumbers:

@@ -338,7 +338,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     servers = list(dict.fromkeys(cell["server"] for cell in results["cells"]))
     workloads = list(dict.fromkeys(cell["events_per_request"] for cell in results["cells"]))
     rows = [row for row in results["cells"][0]["rows"] if row != NONE]
-    figure, axis = plt.subplots(figsize=(max(8, 2.2 * len(servers) * len(workloads)), 5))
+    figure, axis = plt.subplots(figsize=(max(10, 2.2 * len(servers) * len(workloads)), 5.5))
     width = 0.8 / len(rows)
     groups = [
         (cell["server"], cell["events_per_request"], cell["rows"]) for cell in results["cells"]
@@ -358,8 +358,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     axis.set_ylabel("% requests/s lost vs no analytics")
     axis.legend(ncol=3, fontsize="small")
     figure.suptitle(
-        f"What an analytics client costs a one-worker web app ({results['load']},"
-        f" medians of {results['rounds']} rounds)"
+        f"What an analytics client costs a one-worker web app\n{results['load']},"
+        f" medians of {results['rounds']} rounds",
+        fontsize="medium",
     )
     figure.tight_layout()
     figure.savefig(path, dpi=100)

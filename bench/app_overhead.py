@@ -101,6 +101,28 @@ def measure(
     }
 
 
+def _measure_answered(
+    ingest: IngestServerProcess,
+    server: AppServer,
+    row: str,
+    events_per_request: int,
+    **settings: Any,
+) -> dict[str, Any]:
+    """:func:`measure`, once more if the app answered no request under load.
+
+    Seen once in a full run, gunicorn's sync worker answered the warm-up and then nothing
+    for the whole window, with no error at wrk: a stall of the machine or the server, not
+    a figure of the row. The retry is counted and reported.
+    """
+    result = measure(ingest, server, row, events_per_request, **settings)
+    if result["requests"] == 0:
+        print(f"{server.name} {events_per_request}/request {row}: no request answered;"
+              " measuring again", file=sys.stderr, flush=True)  # fmt: skip
+        result = measure(ingest, server, row, events_per_request, **settings)
+        result["retried"] = True
+    return result
+
+
 def _rotated(rows: list[str], round_number: int) -> list[str]:
     """The rows in an order that starts one later each round: no row is always first."""
     shift = round_number % len(rows)
@@ -133,7 +155,7 @@ def run_rounds(plan: Plan) -> dict[str, Any]:
             for server in servers:
                 for n in events_per_request:
                     for row in _rotated(rows, round_number):
-                        result = measure(
+                        result = _measure_answered(
                             ingest,
                             SERVERS[server],
                             row,
@@ -196,6 +218,7 @@ def _summaries(by_row: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
                 for key in ("tracked", "stored", "stored_distinct", "load_errors")
             },
             "graceful_exits": sum(result["graceful_exit"] for result in rounds),
+            "retries": sum(result.get("retried", False) for result in rounds),
             "rounds": rounds,
         }
         summary = summaries[row]
@@ -221,7 +244,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 (
                     f"{server}, 1 event/request: segops_fast loses at most"
                     f" {EXTRA_LOSS_POINTS_AT_ONE_EVENT} points more than essence",
-                    f"{fast['loss_percent']:.1f}% vs {essence['loss_percent']:.1f}%",
+                    f"loses {fast['loss_percent']:.1f}%, essence {essence['loss_percent']:.1f}%",
                     fast["loss_percent"]
                     <= essence["loss_percent"] + EXTRA_LOSS_POINTS_AT_ONE_EVENT,
                 )
@@ -244,7 +267,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 (
                     f"{server}, 10 events/request: segops_fast loses at most"
                     f" {LOSS_RATIO_AT_TEN_EVENTS}x what essence loses",
-                    f"{fast['loss_percent']:.1f}% vs {essence['loss_percent']:.1f}%",
+                    f"loses {fast['loss_percent']:.1f}%, essence {essence['loss_percent']:.1f}%",
                     fast["loss_percent"] <= LOSS_RATIO_AT_TEN_EVENTS * essence["loss_percent"],
                 )
             )
@@ -287,6 +310,10 @@ def markdown(results: dict[str, Any]) -> str:
         f" server, Python {results['python']}, {results['cpus']} CPUs, {results['placement']};"
         f" each figure the median of {results['rounds']} rounds (events: all rounds added up).",
         "",
+        "vs none: requests/s against no analytics in the same round. CPU/request: the worker"
+        " process, all its threads. Exactly once: the events stored at the ingest server"
+        " after the server's graceful stop are all distinct and as many as were tracked.",
+        "",
     ]
     for cell in results["cells"]:
         n = cell["events_per_request"]
@@ -309,15 +336,23 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {_stored_of_tracked(row, summary)}"
                 f" | {once} | {requests} |"
             )
-        problems = [
-            f"{row}: {summary['load_errors']:,} wrk errors"
-            for row, summary in cell["rows"].items()
-            if summary["load_errors"]
-        ] + [
-            f"{row}: {len(summary['rounds']) - summary['graceful_exits']} stops not graceful"
-            for row, summary in cell["rows"].items()
-            if summary["graceful_exits"] != len(summary["rounds"])
-        ]
+        problems = (
+            [
+                f"{row}: {summary['load_errors']:,} wrk errors"
+                for row, summary in cell["rows"].items()
+                if summary["load_errors"]
+            ]
+            + [
+                f"{row}: {len(summary['rounds']) - summary['graceful_exits']} stops not graceful"
+                for row, summary in cell["rows"].items()
+                if summary["graceful_exits"] != len(summary["rounds"])
+            ]
+            + [
+                f"{row}: {summary['retries']} measurements repeated (no request answered)"
+                for row, summary in cell["rows"].items()
+                if summary["retries"]
+            ]
+        )
         if problems:
             lines += ["", "Problems: " + "; ".join(problems) + "."]
         lines.append("")

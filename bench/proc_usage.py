@@ -2,8 +2,8 @@
 
 This module owns the reading of the kernel's per-process and per-thread counters that
 the benchmarks turn into "CPU per request", "CPU per event" and "wake-ups per second":
-CPU time from ``stat``, context switches from ``status``, thread names from ``comm``, and
-a process's children (a pre-fork server's workers).
+CPU time from ``stat``, context switches from ``status``, a process's start time, and its
+children (a pre-fork server's workers).
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ def context_switches(status: Path) -> int:
         if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
             total += int(line.split()[1])
     return total
-
-
-def thread_name(pid: int | str, tid: int) -> str:
-    """The name the kernel knows thread ``tid`` by (Python sets it, up to 15 characters)."""
-    return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
 
 
 def start_time(pid: int) -> int | None:

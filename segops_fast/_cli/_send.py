@@ -24,7 +24,7 @@ import orjson
 from .._options import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_EVENT_BYTES
 from ..backfill._checkpoint import CheckpointMismatchError
 from ..backfill._engine import DEFAULT_CONCURRENCY, SendSettings
-from ..backfill._input import STDIN, input_size
+from ..backfill._input import STDIN, InputError, input_problem, input_size, is_stream
 from ..backfill._job import Job, JobSettings
 from ._progress import Progress
 
@@ -88,7 +88,9 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"segops-fast send: error: {error}", file=sys.stderr)
         return 2
     progress = Progress(
-        total_bytes=None if STDIN in inputs else sum(input_size(path) or 0 for path in inputs),
+        total_bytes=None
+        if any(is_stream(path) for path in inputs)
+        else sum(input_size(path) or 0 for path in inputs),
         stream=sys.stderr,
     )
     job.on_progress = progress.update
@@ -102,6 +104,9 @@ def run(arguments: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         totals = job.run()
+    except InputError as error:
+        print(f"segops-fast send: error: {error}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGINT, previous)
         progress.close()
@@ -132,8 +137,9 @@ def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:
     if inputs.count(STDIN) > 1 or (STDIN in inputs and len(inputs) > 1):
         raise ValueError("stdin ('-') cannot be read along with files")
     for path in inputs:
-        if path != STDIN and not os.path.isfile(path):
-            raise ValueError(f"no such file: {path}")
+        problem = None if path == STDIN else input_problem(path)
+        if problem:
+            raise ValueError(problem)
     send = SendSettings(
         api_url=arguments.api_url.rstrip("/"),
         api_key=arguments.api_key,

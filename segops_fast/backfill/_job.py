@@ -24,7 +24,7 @@ import orjson
 
 from ._checkpoint import Checkpoint, RangeProgress
 from ._engine import SendSettings
-from ._input import InputRange, plan_ranges
+from ._input import InputRange, is_stream, plan_ranges
 from ._worker import Message, run_in_worker_process, send_ranges
 
 _CHECKPOINT_EVERY_SECONDS = 1.0
@@ -96,7 +96,12 @@ class Job:
             if not progress.finished
         ]
         try:
-            if self.settings.processes == 1 or len(to_do) <= 1:
+            if (
+                self.settings.processes == 1
+                or len(to_do) <= 1
+                # A stream can be read only here (and once): everything is, in turn.
+                or any(is_stream(input_range.path) for _, input_range, _ in to_do)
+            ):
                 send_ranges(
                     to_do,
                     settings=self.settings.send,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ class DaskCluster:
             self._environment["PYTHONPATH"] = os.pathsep.join([*import_path, *inherited])
         self._scheduler: subprocess.Popen[bytes] | None = None
         self._worker_processes: list[subprocess.Popen[bytes]] = []
+        self._scratch_elsewhere: list[Path] = []
         self._client: Client | None = None
         self.address = ""
 
@@ -87,16 +90,21 @@ class DaskCluster:
         self, count: int, *, as_user: str | None = None
     ) -> list[subprocess.Popen[bytes]]:
         """Start ``count`` more worker processes (as ``as_user``, through ``setpriv``, when
-        given: root only) and wait until they have joined."""
+        given: root only; ``"nobody"`` is a worker that cannot read the caller's files) and
+        wait until they have joined."""
         joined = len(self.worker_pids())
         started = []
         for _ in range(count):
             number = len(self._worker_processes)
-            scratch = self.directory / f"worker-{number}"
-            scratch.mkdir(exist_ok=True)
             prefix: list[str] = []
-            if as_user is not None:
+            if as_user is None:
+                scratch = self.directory / f"worker-{number}"
+                scratch.mkdir(exist_ok=True)
+            else:
+                # Somewhere that user can write, whoever owns the cluster's directory.
+                scratch = Path(tempfile.mkdtemp(prefix="segops-fast-dask-"))
                 scratch.chmod(0o777)
+                self._scratch_elsewhere.append(scratch)
                 prefix = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}",
                           "--clear-groups"]  # fmt: skip
             process = self._spawn(
@@ -147,6 +155,9 @@ class DaskCluster:
         if self._scheduler is not None:
             _end(self._scheduler)
             self._scheduler = None
+        for scratch in self._scratch_elsewhere:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._scratch_elsewhere = []
 
     def _spawn(
         self, name: str, arguments: list[str], *, prefix: list[str] | None = None
@@ -157,7 +168,6 @@ class DaskCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self.directory,
                 env=self._environment,
             )
 

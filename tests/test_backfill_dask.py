@@ -5,7 +5,11 @@ counted at LocalIngestServer. Workers are killed with SIGKILL by process id, mid
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 from segops_fast.testing._dask import DaskCluster
 
 from .conftest import wait_until
-from .test_backfill import assert_exactly_once, event_line
+from .test_backfill import assert_exactly_once, event_line, send_command, write_events
 
 WORKERS = 2
 
@@ -132,3 +136,144 @@ def test_the_cluster_is_separate_processes_on_loopback(cluster: DaskCluster) -> 
     assert len(set(pids.values())) == WORKERS
     assert os.getpid() not in pids.values()
     assert all(address.startswith("tcp://127.0.0.1:") for address in pids)
+
+
+# -- segops-fast send --dask ---------------------------------------------------------------
+
+
+def start_send(server: LocalIngestServer, *arguments: str | Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(send_command(server, *arguments), stdout=subprocess.PIPE)
+
+
+def finish(running: subprocess.Popen[bytes], timeout: float = 120) -> dict[str, Any]:
+    """The command's summary, once it exits (killed if it does not within ``timeout``)."""
+    try:
+        stdout, _ = running.communicate(timeout=timeout)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    summary: dict[str, Any] = orjson.loads(stdout) if stdout else {}
+    return summary
+
+
+def test_send_dask_with_a_worker_killed_mid_job_stores_every_event_once(
+    server: LocalIngestServer, cluster: DaskCluster, client: Client, tmp_path: Path
+) -> None:
+    source = write_events(tmp_path / "events.jsonl", 100_000)
+    # Three lines that are not events, far apart: each must reach the dead letters once.
+    lines = source.read_bytes().splitlines(keepends=True)
+    for number in (5_000, 50_000, 95_000):
+        lines.insert(number - 1, b'{"event_type": "e", "payload": {}}\n')
+    source.write_bytes(b"".join(lines))
+    dead_letters = tmp_path / "dead.jsonl"
+    running = start_send(server, source, "--dask", cluster.address, "--rate", "20000",
+                         "--batch-bytes", "65536", "--checkpoint", tmp_path / "checkpoint",
+                         "--dead-letter", dead_letters)  # fmt: skip
+    try:
+        wait_until(lambda: server.event_count >= 30_000, timeout=60)
+        busy = next(address for address, tasks in client.processing().items() if tasks)
+        cluster.kill_worker(busy)
+    finally:
+        summary = finish(running)
+    assert running.returncode == 1, summary  # the three invalid lines
+    assert (summary["sent"], summary["failed"], summary["invalid"]) == (100_000, 0, 3)
+    assert summary["errors"] == []
+    stored = server.summary()
+    assert stored["repeated_key_events"] > 0, stored
+    assert_exactly_once(server, 100_000)
+    letters = [orjson.loads(line) for line in dead_letters.read_bytes().splitlines()]
+    assert sorted(letter["dead_letter"]["line"] for letter in letters) == [5_000, 50_000, 95_000]
+
+
+def events_checkpointed(checkpoint: Path, source: Path) -> int:
+    """Events before the positions the checkpoint says are settled (one event a line)."""
+    content = source.read_bytes()
+    ranges = orjson.loads(checkpoint.read_bytes())["ranges"]
+    return sum(content[part["start"] : part["done"]].count(b"\n") for part in ranges)
+
+
+def wait_until_steady(server: LocalIngestServer, quiet: float, timeout: float = 30) -> int:
+    """Wait until no event has arrived for ``quiet`` seconds; the count then."""
+    deadline = time.monotonic() + timeout
+    count, since = server.event_count, time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"events still arriving after {timeout} s"
+        time.sleep(0.1)
+        if server.event_count != count:
+            count, since = server.event_count, time.monotonic()
+    return count
+
+
+def test_send_dask_coordinator_killed_then_resumed_and_interrupted_then_resumed(
+    server: LocalIngestServer, cluster: DaskCluster, tmp_path: Path
+) -> None:
+    source = write_events(tmp_path / "events.jsonl", 100_000)
+    checkpoint = tmp_path / "checkpoint.json"
+    arguments = (source, "--dask", cluster.address, "--checkpoint", checkpoint,
+                 "--batch-bytes", "65536")  # fmt: skip
+    running = start_send(server, *arguments, "--rate", "20000")
+    try:
+        wait_until(lambda: server.event_count >= 20_000 and checkpoint.exists(), timeout=60)
+        running.send_signal(signal.SIGKILL)
+    finally:
+        finish(running)
+    # Its tasks run on without it for a moment (to the end of their ranges, or until they
+    # miss its heartbeat), then stop.
+    arrived = wait_until_steady(server, quiet=2.0)
+    assert arrived < 100_000
+    settled = events_checkpointed(checkpoint, source)
+    assert 0 < settled <= arrived
+    # Resumed with the same command, slowly (six seconds a range), then interrupted as
+    # Ctrl-C would.
+    running = start_send(server, *arguments, "--rate", "4000")
+    try:
+        wait_until(lambda: server.event_count >= arrived + 4000, timeout=60)
+        interrupted_at = time.monotonic()
+        running.send_signal(signal.SIGINT)
+    finally:
+        summary = finish(running)
+    # The tasks under way were told to stop, rather than left to finish their ranges.
+    assert time.monotonic() - interrupted_at < 4
+    assert running.returncode == 130, summary
+    assert (summary["resumed"], summary["interrupted"]) == (True, True)
+    # Everything the interrupted run counted is in the checkpoint it left...
+    assert summary["sent"] > 0
+    assert events_checkpointed(checkpoint, source) == settled + summary["sent"]
+    settled += summary["sent"]
+    # ...and the last run sends exactly the rest.
+    running = start_send(server, *arguments)
+    summary = finish(running)
+    assert running.returncode == 0, summary
+    assert (summary["resumed"], summary["sent"]) == (True, 100_000 - settled)
+    assert_exactly_once(server, 100_000)
+
+
+def test_send_dask_refuses_inputs_a_worker_cannot_read(
+    server: LocalIngestServer, cluster: DaskCluster, tmp_path: Path
+) -> None:
+    source = write_events(tmp_path / "events.jsonl", 1000)
+    command = send_command(server, "--dask", cluster.address)
+    finished = subprocess.run(
+        command, input=source.read_bytes(), capture_output=True, timeout=60, check=False
+    )
+    assert finished.returncode == 2
+    assert b"- is a stream" in finished.stderr
+    finished = subprocess.run(
+        [*command, "--processes", "2", source], capture_output=True, timeout=60, check=False
+    )
+    assert (finished.returncode, b"exclude each other" in finished.stderr) == (2, True)
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("a worker of another user needs root and setpriv")
+    # A worker that runs as another user: the test's temporary directory is not its to read.
+    before = set(cluster.worker_pids())
+    (stranger,) = cluster.add_workers(1, as_user="nobody")
+    try:
+        (stranger_address,) = set(cluster.worker_pids()) - before
+        finished = subprocess.run([*command, source], capture_output=True, timeout=60, check=False)
+    finally:
+        cluster.stop_worker(stranger)
+    assert finished.returncode == 2, finished.stderr
+    assert f"worker {stranger_address} cannot read {source}".encode() in finished.stderr
+    assert b"Permission denied" in finished.stderr
+    assert server.event_count == 0

@@ -88,10 +88,13 @@ class DaskRunner:
         settings: SendSettings,
         max_event_bytes: int,
         apply: Report,
+        save: Callable[[], None],
         should_stop: Callable[[], bool],
     ) -> list[str]:
-        """Run each ``(index, range, start)`` as a task; apply each finished task's reports;
-        return the errors of tasks that failed (their ranges are left for a resume)."""
+        """Run each ``(index, range, start)`` as a task; ``apply`` each finished task's
+        reports; call ``save`` at least every 0.1 s (reports come in bursts, as tasks end:
+        the coordinator saves its checkpoint then, if it is due); return the errors of tasks
+        that failed (their ranges are left for a resume)."""
         share = min(self.threads, len(to_do))
         if settings.rate is not None:
             settings = dataclasses.replace(settings, rate=settings.rate / max(1, share))
@@ -143,6 +146,7 @@ class DaskRunner:
                     else:
                         errors.append(f"{type(future.exception()).__name__}: {future.exception()}")
                     future.release()
+                save()
         finally:
             signal.delete()
         return errors

@@ -106,6 +106,8 @@ class Job:
             self._ranges = self._checkpoint.ranges
         self._dead_letters = self._open_dead_letters()
         self._last_save = 0.0
+        #: Something the checkpoint does not hold yet has been applied.
+        self._unsaved = False
 
     @property
     def interrupted(self) -> bool:
@@ -134,6 +136,7 @@ class Job:
                     settings=self.settings.send,
                     max_event_bytes=self.settings.max_event_bytes,
                     apply=self._apply,
+                    save=lambda: self._save(force=False),
                     should_stop=lambda: self._stop_requested,
                 )
             elif (
@@ -215,6 +218,7 @@ class Job:
 
     def _apply(self, message: Message) -> None:
         kind, index = message[0], message[1]
+        self._unsaved = self._unsaved or kind != "read"
         if kind == "settled":
             _, _, watermark, sent, failed = message
             self._ranges[index].done = watermark
@@ -281,9 +285,10 @@ class Job:
         if checkpoint is None:
             return
         now = time.monotonic()
-        if not force and now - self._last_save < _CHECKPOINT_EVERY_SECONDS:
+        if not force and (not self._unsaved or now - self._last_save < _CHECKPOINT_EVERY_SECONDS):
             return
         self._last_save = now
+        self._unsaved = False
         if self._dead_letters is not None:
             # The checkpoint may only cover dead letters that are on disk.
             self._dead_letters.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -90,13 +91,14 @@ class DaskCluster:
         self, count: int, *, as_user: str | None = None
     ) -> list[subprocess.Popen[bytes]]:
         """Start ``count`` more worker processes (as ``as_user``, through ``setpriv``, when
-        given: root only; ``"nobody"`` is a worker that cannot read the caller's files) and
-        wait until they have joined."""
+        given: root only, and without a nanny; ``"nobody"`` is a worker that cannot read the
+        caller's files) and wait until they have joined."""
         joined = len(self.worker_pids())
         started = []
         for _ in range(count):
             number = len(self._worker_processes)
             prefix: list[str] = []
+            options = ["--nworkers", "1"]
             if as_user is None:
                 scratch = self.directory / f"worker-{number}"
                 scratch.mkdir(exist_ok=True)
@@ -105,12 +107,14 @@ class DaskCluster:
                 scratch = Path(tempfile.mkdtemp(prefix="segops-fast-dask-"))
                 scratch.chmod(0o777)
                 self._scratch_elsewhere.append(scratch)
-                prefix = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}",
-                          "--clear-groups"]  # fmt: skip
+                group = pwd.getpwnam(as_user).pw_gid
+                prefix = ["setpriv", f"--reuid={as_user}", f"--regid={group}", "--clear-groups"]
+                # Under another user, a nanny's multiprocessing helper fails to start.
+                options = ["--no-nanny"]
             process = self._spawn(
                 f"worker-{number}",
                 ["distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
-                 "--nworkers", "1", "--nthreads", str(self._threads), "--no-dashboard",
+                 *options, "--nthreads", str(self._threads), "--no-dashboard",
                  "--local-directory", str(scratch), "--name", f"worker-{number}"],
                 prefix=prefix,
             )  # fmt: skip
@@ -124,6 +128,8 @@ class DaskCluster:
         nanny, or a stopped one gone)."""
         deadline = time.monotonic() + timeout
         while len(self.worker_pids()) != count:
+            if any(process.poll() is not None for process in self._worker_processes):
+                raise RuntimeError(f"a worker process exited: see {self.directory}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not {count} workers after {timeout} s: {self.directory}")
             time.sleep(0.1)

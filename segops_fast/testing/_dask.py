@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +49,6 @@ class DaskCluster:
             self._environment["PYTHONPATH"] = os.pathsep.join([*import_path, *inherited])
         self._scheduler: subprocess.Popen[bytes] | None = None
         self._worker_processes: list[subprocess.Popen[bytes]] = []
-        self._scratch_elsewhere: list[Path] = []
         self._client: Client | None = None
         self.address = ""
 
@@ -88,33 +84,27 @@ class DaskCluster:
         return self
 
     def add_workers(
-        self, count: int, *, as_user: str | None = None
+        self, count: int, *, hiding: str | Path | None = None
     ) -> list[subprocess.Popen[bytes]]:
-        """Start ``count`` more worker processes (as ``as_user``, through ``setpriv``, when
-        given: root only, and without a nanny; ``"nobody"`` is a worker that cannot read the
-        caller's files) and wait until they have joined."""
+        """Start ``count`` more worker processes and wait until they have joined.
+
+        With ``hiding``, each runs in a mount namespace of its own where an empty ``tmpfs``
+        covers that directory, as on a machine that does not share the caller's disk
+        (root only, with ``unshare``)."""
         joined = len(self.worker_pids())
         started = []
         for _ in range(count):
             number = len(self._worker_processes)
+            scratch = self.directory / f"worker-{number}"
+            scratch.mkdir(exist_ok=True)
             prefix: list[str] = []
-            options = ["--nworkers", "1"]
-            if as_user is None:
-                scratch = self.directory / f"worker-{number}"
-                scratch.mkdir(exist_ok=True)
-            else:
-                # Somewhere that user can write, whoever owns the cluster's directory.
-                scratch = Path(tempfile.mkdtemp(prefix="segops-fast-dask-"))
-                scratch.chmod(0o777)
-                self._scratch_elsewhere.append(scratch)
-                group = pwd.getpwnam(as_user).pw_gid
-                prefix = ["setpriv", f"--reuid={as_user}", f"--regid={group}", "--clear-groups"]
-                # Under another user, a nanny's multiprocessing helper fails to start.
-                options = ["--no-nanny"]
+            if hiding is not None:
+                prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hiding)]  # fmt: skip
             process = self._spawn(
                 f"worker-{number}",
                 ["distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
-                 *options, "--nthreads", str(self._threads), "--no-dashboard",
+                 "--nworkers", "1", "--nthreads", str(self._threads), "--no-dashboard",
                  "--local-directory", str(scratch), "--name", f"worker-{number}"],
                 prefix=prefix,
             )  # fmt: skip
@@ -161,9 +151,6 @@ class DaskCluster:
         if self._scheduler is not None:
             _end(self._scheduler)
             self._scheduler = None
-        for scratch in self._scratch_elsewhere:
-            shutil.rmtree(scratch, ignore_errors=True)
-        self._scratch_elsewhere = []
 
     def _spawn(
         self, name: str, arguments: list[str], *, prefix: list[str] | None = None

@@ -82,7 +82,10 @@ def test_a_worker_killed_mid_bag_its_tasks_rerun_and_every_event_is_stored_once(
     )
     sending.start()
     try:
-        wait_until(lambda: server.event_count >= 15_000, timeout=60)
+        wait_until(
+            lambda: server.event_count >= 15_000 and any(client.processing().values()),
+            timeout=60,
+        )
         busy = next(address for address, tasks in client.processing().items() if tasks)
         killed = cluster.kill_worker(busy)
     finally:
@@ -171,7 +174,10 @@ def test_send_dask_with_a_worker_killed_mid_job_stores_every_event_once(
                          "--batch-bytes", "65536", "--checkpoint", tmp_path / "checkpoint",
                          "--dead-letter", dead_letters)  # fmt: skip
     try:
-        wait_until(lambda: server.event_count >= 30_000, timeout=60)
+        wait_until(
+            lambda: server.event_count >= 30_000 and any(client.processing().values()),
+            timeout=60,
+        )
         busy = next(address for address, tasks in client.processing().items() if tasks)
         cluster.kill_worker(busy)
     finally:

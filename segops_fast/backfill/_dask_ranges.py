@@ -143,8 +143,11 @@ class DaskRunner:
                     if future.status == "finished":
                         for message in future.result():
                             apply(message)
-                    else:
-                        errors.append(f"{type(future.exception()).__name__}: {future.exception()}")
+                    elif future.status == "error":
+                        error = future.exception()
+                        errors.append(f"{type(error).__name__}: {error}")
+                    else:  # cancelled: the scheduler lost it
+                        errors.append(f"task {future.key} was {future.status}")
                     future.release()
                 save()
         finally:

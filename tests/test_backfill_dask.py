@@ -255,6 +255,28 @@ def test_send_dask_coordinator_killed_then_resumed_and_interrupted_then_resumed(
     assert_exactly_once(server, 100_000)
 
 
+def test_send_dask_tasks_stop_by_themselves_once_their_coordinator_is_killed(
+    server: LocalIngestServer, cluster: DaskCluster, tmp_path: Path
+) -> None:
+    # Eight ranges of 2,500 events; at 100 events/s a task (a batch of about 310 every
+    # 3 s), a range takes 25 s.
+    source = write_events(tmp_path / "events.jsonl", 20_000)
+    running = start_send(server, source, "--dask", cluster.address, "--rate", "200",
+                         "--batch-bytes", "40000")  # fmt: skip
+    try:
+        wait_until(lambda: server.event_count > 0, timeout=60)
+        running.send_signal(signal.SIGKILL)
+    finally:
+        finish(running)
+    killed_at = time.monotonic()
+    arrived = wait_until_steady(server, quiet=4.0)
+    # The two running tasks missed the heartbeat and stopped about 10 s later, far from
+    # the end of their ranges (5,000 events, 25 s); the ranges queued behind them never ran.
+    assert time.monotonic() - killed_at < 20
+    assert arrived < 4_000
+    assert server.summary()["duplicate_events"] == 0
+
+
 def test_send_dask_refuses_inputs_a_worker_cannot_read(
     server: LocalIngestServer, cluster: DaskCluster, tmp_path: Path
 ) -> None:

@@ -102,7 +102,7 @@ class DaskRunner:
         signal = Variable(run, client=self._client)
         beats = 0
         signal.set(beats)
-        futures = [
+        futures = {
             self._client.submit(
                 run_range,
                 index,
@@ -112,10 +112,10 @@ class DaskRunner:
                 max_event_bytes=max_event_bytes,
                 run=run,
                 key=f"{run}-{index}",
-            )
+            ): f"{input_range.path} from byte {start}"
             for index, input_range, start in to_do
-        ]
-        completed = as_completed(futures, loop=self._client.loop)
+        }
+        completed = as_completed(list(futures), loop=self._client.loop)
         errors: list[str] = []
         stopping = False
         # Once stopping, tasks under way end within a request's timeout; a task that does
@@ -141,8 +141,14 @@ class DaskRunner:
                     time.sleep(0.05)
                 for future in ready:
                     if future.status == "finished":
-                        for message in future.result():
+                        messages = future.result()
+                        for message in messages:
                             apply(message)
+                        if not stopping and not any(kind == "finished" for kind, *_ in messages):
+                            # It stopped by itself: it lost the heartbeat (a coordinator
+                            # blocked for long). What it settled is kept; the rest resumes.
+                            where = futures[future]
+                            errors.append(f"the task for {where} stopped before its end: resume")
                     elif future.status == "error":
                         error = future.exception()
                         errors.append(f"{type(error).__name__}: {error}")

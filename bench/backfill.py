@@ -93,6 +93,7 @@ def send(
     """The command's summary, and its peak resident memory in MB (the coordinator's:
     ``VmHWM``, read until it exits; ``wait4``'s ``ru_maxrss`` would count this process's
     memory too, inherited through the fork before ``exec``)."""
+    began = time.monotonic()
     process = subprocess.Popen(send_command(url, path, arguments), stdout=subprocess.PIPE)
     assert process.stdout is not None
     peak_kb = 0
@@ -111,6 +112,8 @@ def send(
     if process.returncode != (1 if expect_failures else 0):
         raise RuntimeError(f"segops-fast send exited {process.returncode}: {output!r}")
     summary: dict[str, object] = orjson.loads(output)
+    # The command's whole life, start-up (and, with --dask, connecting) included.
+    summary["wall"] = round(time.monotonic() - began, 2)
     return summary, peak_kb / 1024
 
 
@@ -143,7 +146,8 @@ def measure(
         rate = int(str(summary["events_per_second"]))
         rates.append(rate)
         print(
-            f"{label}: {rate:>9,} events/s in {summary['elapsed']} s, peak {peak:.0f} MB; "
+            f"{label}: {rate:>9,} events/s in {summary['elapsed']} s ({summary['wall']} s "
+            f"from start to exit), peak {peak:.0f} MB; "
             f"server stored {stored['unique_events']:,} distinct, "
             f"{stored['duplicate_events']} duplicates"
         )

@@ -99,9 +99,9 @@ class DaskRunner:
         if settings.rate is not None:
             settings = dataclasses.replace(settings, rate=settings.rate / max(1, share))
         run = f"segops-fast-send-{uuid.uuid4().hex}"
-        signal = Variable(run, client=self._client)
+        heartbeat = Variable(run, client=self._client)
         beats = 0
-        signal.set(beats)
+        heartbeat.set(beats)
         futures = {
             self._client.submit(
                 run_range,
@@ -131,11 +131,11 @@ class DaskRunner:
                 if not stopping and should_stop():
                     stopping = True
                     stopped_by = time.monotonic() + settings.timeout + _COORDINATOR_GONE_SECONDS
-                    signal.set(_STOP)
+                    heartbeat.set(_STOP)
                 elif not stopping and time.monotonic() - beaten_at >= _HEARTBEAT_SECONDS:
                     beats += 1
                     beaten_at = time.monotonic()
-                    signal.set(beats)
+                    heartbeat.set(beats)
                 ready = completed.next_batch(block=False) if completed.has_ready() else []
                 if not ready:
                     time.sleep(0.05)
@@ -157,7 +157,7 @@ class DaskRunner:
                     future.release()
                 save()
         finally:
-            signal.delete()
+            heartbeat.delete()
         return errors
 
     def close(self) -> None:

@@ -17,7 +17,13 @@ import orjson
 from segops_fast.testing import LocalIngestServer
 
 from .conftest import wait_until
-from .test_backfill import assert_exactly_once, event_line, run_send, send_command
+from .test_backfill import (
+    assert_exactly_once,
+    event_line,
+    run_send,
+    send_command,
+    settled_bytes,
+)
 
 
 def feed(fifo: Path, data: bytes, timeout: float = 60.0) -> threading.Thread:
@@ -45,15 +51,6 @@ def feed(fifo: Path, data: bytes, timeout: float = 60.0) -> threading.Thread:
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
     return writer
-
-
-def settled(checkpoint: Path) -> int:
-    """The stream position the checkpoint says is settled; 0 before there is one."""
-    try:
-        position: int = orjson.loads(checkpoint.read_bytes())["ranges"][0]["done"]
-    except FileNotFoundError:
-        return 0
-    return position
 
 
 def events(count: int) -> bytes:
@@ -128,7 +125,9 @@ def test_a_killed_run_on_a_pipe_resumes_by_reading_the_stream_again(
     )
     try:
         # Until the checkpoint holds progress (its first save may come before any).
-        wait_until(lambda: server.event_count >= 30_000 and settled(checkpoint) > 0, timeout=60)
+        wait_until(
+            lambda: server.event_count >= 30_000 and settled_bytes(checkpoint) > 0, timeout=60
+        )
         running.send_signal(signal.SIGKILL)
         running.wait(timeout=10)
     finally:

@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -175,6 +176,7 @@ def measure_dask(server: IngestServerProcess, path: Path, events: int) -> bool:
             ok = measure(server, path, events, ["--dask", cluster.address], label) and ok
     with DaskCluster(path.with_name("dask-resume"), 2) as cluster:
         ok = kill_and_resume(server, path, events, cluster.address) and ok
+        heartbeat_looks(cluster.client)
     coordinator_capacity(path.with_name("capacity"))
     return ok
 
@@ -209,6 +211,23 @@ def kill_and_resume(server: IngestServerProcess, path: Path, events: int, addres
         "sent again under a key already stored"
     )
     return exact and stored["duplicate_events"] == 0 and summary["resumed"] is True
+
+
+def heartbeat_looks(client: Any) -> None:
+    """How fast the scheduler answers the look each running task takes at its coordinator's
+    heartbeat once a second (a ``distributed.Variable``), one look after another."""
+    from distributed import Variable  # noqa: PLC0415 (the dask extra)
+
+    heartbeat = Variable("segops-fast-bench-heartbeat", client=client)
+    heartbeat.set(0)
+    looks = 0
+    began = time.monotonic()
+    while time.monotonic() - began < 2.0:
+        heartbeat.get()
+        looks += 1
+    rate = looks / (time.monotonic() - began)
+    heartbeat.delete()
+    print(f"heartbeat looks answered by the scheduler, one at a time: {rate:,.0f}/s")
 
 
 def coordinator_capacity(directory: Path) -> None:

@@ -75,18 +75,19 @@ def plan_ranges(
     paths: list[str], parts: int, *, max_range_bytes: int | None = None
 ) -> list[InputRange]:
     """Each plain file split into ``parts`` ranges of about equal size at line starts, or
-    into more if a range would hold over ``max_range_bytes``."""
+    into more if a range would hold over ``max_range_bytes`` (give or take a line)."""
     ranges: list[InputRange] = []
     for path in paths:
         whole = InputRange(path, 0, None)
         size = os.path.getsize(path) if whole.splittable else 0
+        pieces = parts
         if max_range_bytes is not None:
-            parts = max(parts, math.ceil(size / max_range_bytes))
-        if not whole.splittable or parts == 1:
+            pieces = max(parts, math.ceil(size / max_range_bytes))
+        if not whole.splittable or pieces == 1:
             ranges.append(whole)
             continue
         with open(path, "rb") as file:
-            cuts = (_line_start_at_or_after(file, size * n // parts) for n in range(1, parts))
+            cuts = (_line_start_at_or_after(file, size * n // pieces) for n in range(1, pieces))
             starts = sorted({0, *cuts})
         bounds = [start for start in starts if start < size] or [0]
         for start, end in zip(bounds, [*bounds[1:], size]):

@@ -21,7 +21,7 @@ from .._delivery import GivenUp
 from .._encoding import Record, encode_event, event_fields
 from .._errors import InvalidEventError
 from ._engine import SendSettings, Settled, StreamSender
-from ._input import InputRange, RangeReader, input_identity, lines_before
+from ._input import InputRange, RangeReader, input_identity
 
 #: A message to the coordinator: ``(kind, range index, *details)``; see :class:`Report`.
 Message = tuple[Any, ...]
@@ -125,7 +125,6 @@ def _send_range(
         on_settled=on_settled,
         should_stop=should_stop,
     )
-    line_numbers = _LineNumbers(input_range, start)
     # From the range's start, so that a resumed run's bar begins where the last one ended.
     read_so_far = input_range.start
     end = start
@@ -142,7 +141,7 @@ def _send_range(
                     break
             if too_long:
                 reason = f"line is longer than {len(line)} bytes"
-                report(("invalid", index, line_numbers.number(lines), line[:1024], reason))
+                report(("invalid", index, reader.lines_before_start() + lines, line[:1024], reason))
                 sender.pass_over(end)
                 continue
             try:
@@ -154,7 +153,7 @@ def _send_range(
                         if isinstance(error, InvalidEventError)
                         else (f"not JSON: {error}")
                     )
-                    report(("invalid", index, line_numbers.number(lines), line, reason))
+                    report(("invalid", index, reader.lines_before_start() + lines, line, reason))
                 sender.pass_over(end)
                 continue
             sender.add(record, end)
@@ -168,21 +167,6 @@ def _send_range(
     finally:
         reader.close()
     return sender.error is not None
-
-
-class _LineNumbers:
-    """Line numbers in the whole file, counting the lines before the range's start only
-    when a dead letter first needs one (a range in the middle of a 5 GB file)."""
-
-    def __init__(self, input_range: InputRange, start: int) -> None:
-        self._range = input_range
-        self._start = start
-        self._before: int | None = None
-
-    def number(self, line_in_range: int) -> int:
-        if self._before is None:
-            self._before = lines_before(self._range.path, self._start)
-        return self._before + line_in_range
 
 
 def run_in_worker_process(

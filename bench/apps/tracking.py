@@ -84,6 +84,9 @@ DELIVERING_ROWS = (SEGOPS_FAST, SEGOPS, SEGMENT, POSTHOG)
 #: PostHog's makes "only a short best-effort flush" (1 s). segops_fast needs nothing:
 #: it shuts itself down at exit, which is part of what it promises.
 SHUT_DOWN_AT_EXIT = (SEGOPS, SEGMENT, POSTHOG)
+#: Under uvicorn, whose worker ends by raising the SIGTERM it caught again (so no atexit
+#: hook runs), segops_fast's README asks the app's lifespan to shut the client down too.
+SHUT_DOWN_IN_LIFESPAN = (SEGOPS_FAST, *SHUT_DOWN_AT_EXIT)
 
 
 class RequestTracker:
@@ -119,6 +122,11 @@ class RequestTracker:
     def shutdown_at_exit(self) -> None:
         """What the row's client documentation asks of a process that is about to exit."""
         if self._client is not None and self.row in SHUT_DOWN_AT_EXIT:
+            self._client.shutdown()
+
+    def shutdown_in_lifespan(self) -> None:
+        """What the row's client documentation asks of an ASGI app's lifespan shutdown."""
+        if self._client is not None and self.row in SHUT_DOWN_IN_LIFESPAN:
             self._client.shutdown()
 
 

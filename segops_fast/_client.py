@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import orjson
 
-from . import _lifecycle, _uwsgi
+from . import _async, _concurrency, _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
 from ._delivery import (
     REASON_FAILED,
@@ -112,6 +113,10 @@ class _Pipeline:
     ) -> None:
         #: The process this pipeline belongs to.
         self.pid = os.getpid()
+        #: Whether its threads, locks and events are gevent's (see ``_concurrency.py``).
+        self.greenlets = _concurrency.greenlets()
+        #: The uWSGI master imports the application but must never run a thread of ours.
+        self.in_uwsgi_master = _uwsgi.is_master()
         self.reporter = reporter
         self.counters = DeliveryCounters()
         self.transport = Transport(
@@ -140,7 +145,7 @@ class _Pipeline:
             max_batch_bytes=options.max_batch_bytes,
             max_in_flight=options.max_in_flight,
             deadline=self.deadline,
-            background=not _uwsgi.python_threads_disabled(),
+            background=not (_uwsgi.python_threads_disabled() or self.in_uwsgi_master),
             on_given_up=self.settle,
             report_error=reporter.error,
         )
@@ -211,6 +216,7 @@ class SegOpsClient:
             shutdown_timeout=shutdown_timeout,
         )
         options.check()
+        _concurrency.refuse_eventlet()
         self._options = options
         # Copied out of the options: the hot path reads them on every call.
         self._max_event_bytes = max_event_bytes
@@ -356,6 +362,14 @@ class SegOpsClient:
         """The same as :meth:`shutdown`."""
         self.shutdown()
 
+    async def aflush(self, timeout: float | None = None) -> None:
+        """:meth:`flush` for coroutines: waits without blocking the event loop."""
+        await _async.in_thread(lambda: self.flush(timeout), "segops-fast-aflush")
+
+    async def ashutdown(self, timeout: float | None = None) -> None:
+        """:meth:`shutdown` for coroutines: waits without blocking the event loop."""
+        await _async.in_thread(lambda: self.shutdown(timeout), "segops-fast-ashutdown")
+
     def reset_session(self) -> None:
         """Forget the session token, so the next request mints one for the current user."""
         session = self._pipeline.session
@@ -379,6 +393,17 @@ class SegOpsClient:
     ) -> None:
         self.shutdown()
 
+    async def __aenter__(self) -> SegOpsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.ashutdown()
+
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
@@ -388,16 +413,62 @@ class SegOpsClient:
         self._append: Callable[[Record], bool]
         if not self._options.batch:
             self._append = self._send_now
+        elif pipeline.in_uwsgi_master:
+            self._append = self._send_from_uwsgi_master
         elif pipeline.flusher.has_background_thread:
-            self._append = pipeline.flusher.buffer.append
+            self._append = self._append_first
         else:
             self._append = pipeline.flusher.append_and_send_when_due
+        # Created per process: a lock inherited held from the parent would never be released.
+        self._first_event_lock = threading.Lock()
         self._told_closed = False
         self._last_full_report = 0.0
         # Stops this process's thread if the client is dropped without shutdown(); holds
         # the pipeline, not the client, so it never keeps the client alive.
         self._finalizer = weakref.finalize(self, pipeline.stop_soon)
         self._finalizer.atexit = False
+
+    def _append_first(self, record: Record) -> bool:
+        """The first event of this process's pipeline: make sure it is built from the kind
+        of thread and lock in force now, then hand the hot path to the buffer.
+
+        gevent may have patched ``threading`` since the pipeline was built (a gevent worker
+        forked from a master that preloads the application patches after the fork hook
+        ran). No thread of ours exists yet and nothing is queued, so building the pipeline
+        again loses nothing; using the old one would make greenlets wait on native locks.
+        """
+        with self._first_event_lock:
+            pipeline = self._pipeline
+            if (
+                not self._closed
+                and pipeline.greenlets != _concurrency.greenlets()
+                and pipeline.flusher.buffer.taken == 0
+                and not len(pipeline.flusher.buffer)
+            ):
+                self._finalizer.detach()
+                pipeline.transport.close()
+                self._start_process_state()
+            self._append = self._pipeline.flusher.buffer.append
+            return self._append(record)
+
+    def _send_from_uwsgi_master(self, record: Record) -> bool:
+        """In the uWSGI master: send now, from this thread, everything waiting.
+
+        The master must not start a thread (see ``_uwsgi.py``), and it cannot hand its
+        events to the workers: each worker starts with a copy of them, so either all would
+        send them or, with one chosen, every respawn of that one would again. The master
+        tracks only while it imports the application, so sending each event as it is
+        tracked costs a request per event at start-up (about a millisecond each here),
+        bounded like any request by ``timeout`` and the retry schedule. If the API cannot
+        be reached they stay queued for the master's next event or its exit.
+        """
+        flusher = self._pipeline.flusher
+        if not flusher.buffer.append(record):
+            return False
+        # A callback that tracks while this thread sends leaves its event for the next call.
+        if not flusher.is_own_thread:
+            flusher.send_everything_here(final=False)
+        return True
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: events queued before the fork belong to the parent.

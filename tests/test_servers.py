@@ -8,21 +8,27 @@ process is ended by its PID if a test fails.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from segops_fast.testing import LocalIngestServer
 from tests.test_prefork_servers import (
+    APPS,
     _environment,
     _free_port,
-    _running,
     _stop_gracefully,
+    _wait_until_serving,
 )
 from tests.test_prefork_servers import (
     _send_requests as _send_requests_tracking_five,
@@ -37,6 +43,34 @@ def _assert_stored_exactly_once(server: LocalIngestServer, expected: dict[str, i
     duplicates = {kind: counts["duplicate_events"] for kind, counts in by_type.items()}
     assert stored == expected, by_type
     assert not any(duplicates.values()), by_type
+
+
+@contextlib.contextmanager
+def _running(
+    command: list[str], port: int | None, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The server in a process group of its own, whose leader is its master: whatever
+    happens, every process left in the group is killed through the master's PID."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=APPS,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        if port is not None:
+            _wait_until_serving(process, port)
+        yield process
+    except BaseException:
+        sys.stderr.write(log.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _pids(answers: list[dict[str, Any]]) -> Counter[int]:
@@ -84,3 +118,80 @@ def test_uwsgi_master_that_tracks_at_import_without_lazy_apps(
     # The master has no thread of ours; the workers do.
     assert all(answer["segops_threads"] for answer in answers)
     _assert_stored_exactly_once(server, {"at_import": AT_IMPORT, "request_handled": requests * 5})
+
+
+def _gunicorn(port: int, worker_class: str, *options: str) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"127.0.0.1:{port}",
+        "--workers", "4",
+        "--worker-class", worker_class,
+        "--max-requests", "25",
+        "--max-requests-jitter", "10",
+        "--graceful-timeout", "30",
+        # A worker that blocks its hub is killed after this: a hang fails fast.
+        "--timeout", "20",
+        *options,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("preload", "at_import"),
+    [(False, 0), (True, 0), (True, AT_IMPORT)],
+    ids=["no-preload", "preload", "preload-master-tracks"],
+)
+def test_gunicorn_gevent_workers(
+    server: LocalIngestServer, preload: bool, at_import: int, tmp_path: Path
+) -> None:
+    """The client is built before gevent patches the worker (in the master, or by the fork
+    hook): its first event must rebuild it from greenlets, or the worker hangs."""
+    pytest.importorskip("gevent")
+    port = _free_port()
+    command = _gunicorn(port, "gevent", *(["--preload"] if preload else []), "wsgi_app:application")
+    env = _environment(server, SEGOPS_TEST_AT_IMPORT=str(at_import))
+    requests = 200
+    with _running(command, port, env, tmp_path / "log") as gunicorn:
+        answers = _send_requests_tracking_five(port, 0, requests // 2)
+        # An async worker past max_requests goes on accepting until its loop looks, once a
+        # second: give the recycled workers time to be replaced.
+        time.sleep(2)
+        answers += _send_requests_tracking_five(port, requests // 2, requests // 2)
+        _stop_gracefully(gunicorn, signal.SIGTERM)
+    assert len(_pids(answers)) > 4, "no worker was recycled"
+    expected = {"request_handled": requests * 5}
+    if at_import:
+        expected["at_import"] = at_import
+    _assert_stored_exactly_once(server, expected)
+
+
+@pytest.mark.parametrize("patched", ["before", "after"])
+def test_plain_gevent_script_delivers_and_keeps_its_deadlines(
+    server: LocalIngestServer, patched: str
+) -> None:
+    pytest.importorskip("gevent")
+    script = subprocess.Popen(
+        [sys.executable, str(APPS / "gevent_script.py"), patched],
+        env=_environment(server),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert script.stdout is not None
+        assert script.stdin is not None
+        assert script.stdout.readline() == b"flushed\n"
+        assert server.summary()["unique_events"] == 1000
+        server.faults.hang(seconds=5.0, count=10)
+        script.stdin.write(b"go\n")
+        script.stdin.flush()
+        seen = orjson.loads(script.stdout.readline())
+        assert script.wait(timeout=30) == 0
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert seen["flush_raised"], seen
+    assert 0.25 < seen["flush_seconds"] < 1.0, seen
+    # The hub kept running while flush() waited: about 30 ticks of 10 ms.
+    assert seen["ticks_during_flush"] >= 10, seen
+    assert seen["shutdown_seconds"] < 2.0, seen
+    _assert_stored_exactly_once(server, {"greenlet": 1000})

@@ -195,3 +195,39 @@ def test_plain_gevent_script_delivers_and_keeps_its_deadlines(
     assert seen["ticks_during_flush"] >= 10, seen
     assert seen["shutdown_seconds"] < 2.0, seen
     _assert_stored_exactly_once(server, {"greenlet": 1000})
+
+
+@pytest.mark.parametrize(
+    ("tasks", "options"),
+    [(30, ["--max-tasks-per-child", "1"]), (120, [])],
+    ids=["max-tasks-per-child-1", "default"],
+)
+def test_celery_prefork_workers_deliver_without_user_wiring(
+    server: LocalIngestServer, tasks: int, options: list[str], tmp_path: Path
+) -> None:
+    """Pool children end with os._exit() and skip atexit and multiprocessing's finalizers."""
+    pytest.importorskip("celery")
+    for folder in ("queue", "processed"):
+        (tmp_path / folder).mkdir()
+    env = _environment(server, SEGOPS_TEST_BROKER_DIR=str(tmp_path))
+    command = [
+        sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+        "-P", "prefork", "-c", "2", *options,
+        "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    subprocess.run(
+        [sys.executable, "celery_app.py", str(tasks)], cwd=APPS, env=env, check=True, timeout=60
+    )
+    done = tmp_path / "done"
+    with _running(command, None, env, tmp_path / "log") as worker:
+        deadline = time.monotonic() + 90
+        while not done.exists() or len(done.read_text().splitlines()) < tasks:
+            assert worker.poll() is None, "the Celery worker exited"
+            assert time.monotonic() < deadline, "the tasks did not all run within 90 s"
+            time.sleep(0.1)
+        # Warm shutdown: the pool's children finish and exit.
+        _stop_gracefully(worker, signal.SIGTERM)
+    children = {line.split()[1] for line in done.read_text().splitlines()}
+    if options:
+        assert len(children) > 2, "no pool child was replaced"
+    _assert_stored_exactly_once(server, {"task_ran": tasks})

@@ -9,6 +9,7 @@ process is ended by its PID if a test fails.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -152,12 +153,10 @@ def test_gunicorn_gevent_workers(
     requests = 200
     with _running(command, port, env, tmp_path / "log") as gunicorn:
         answers = _send_requests_tracking_five(port, 0, requests // 2)
-        # An async worker past max_requests goes on accepting until its loop looks, once a
-        # second: give the recycled workers time to be replaced.
-        time.sleep(2)
+        # A gevent worker past max_requests goes on accepting until its loop looks.
+        _until_a_new_worker_answers(port, set(_pids(answers)))
         answers += _send_requests_tracking_five(port, requests // 2, requests // 2)
         _stop_gracefully(gunicorn, signal.SIGTERM)
-    assert len(_pids(answers)) > 4, "no worker was recycled"
     expected = {"request_handled": requests * 5}
     if at_import:
         expected["at_import"] = at_import
@@ -231,3 +230,54 @@ def test_celery_prefork_workers_deliver_without_user_wiring(
     if options:
         assert len(children) > 2, "no pool child was replaced"
     _assert_stored_exactly_once(server, {"task_ran": tasks})
+
+
+def _until_a_new_worker_answers(port: int, seen: set[int]) -> int:
+    """Ask (tracking nothing) until a worker that is not in ``seen`` answers; its pid.
+
+    Requests take well under a millisecond, and an ASGI or async worker notices that it
+    is past its request limit only when its loop next looks (uvicorn: every 0.1 s), so a
+    burst lands on the first workers; a recycled worker's replacement then needs a second
+    or two to import the application.
+    """
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", "/track?request=-1&events=0")
+            pid: int = orjson.loads(connection.getresponse().read())["pid"]
+        except (ConnectionRefusedError, ConnectionResetError):
+            pid = 0
+        finally:
+            connection.close()
+        if pid and pid not in seen:
+            return pid
+        time.sleep(0.1)
+    raise AssertionError("no recycled worker was replaced within 30 s")
+
+
+@pytest.mark.parametrize("server_kind", ["uvicorn", "gunicorn-uvicorn"])
+def test_asgi_workers_with_recycling_and_a_graceful_stop(
+    server: LocalIngestServer, server_kind: str, tmp_path: Path
+) -> None:
+    """FastAPI whose lifespan awaits ashutdown(): uvicorn re-raises the stop signal with
+    its default action once it has shut down, which ends the worker without exit hooks."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    port = _free_port()
+    if server_kind == "uvicorn":
+        command = [
+            sys.executable, "-m", "uvicorn", "asgi_app:app",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "4", "--limit-max-requests", "25", "--no-access-log",
+        ]  # fmt: skip
+    else:
+        command = _gunicorn(port, "uvicorn.workers.UvicornWorker", "asgi_app:app")
+    requests = 200
+    with _running(command, port, _environment(server), tmp_path / "log") as asgi:
+        answers = _send_requests_tracking_five(port, 0, requests // 2)
+        new_worker = _until_a_new_worker_answers(port, set(_pids(answers)))
+        answers += _send_requests_tracking_five(port, requests // 2, requests // 2)
+        _stop_gracefully(asgi, signal.SIGTERM)
+    assert new_worker not in {answer["pid"] for answer in answers[: requests // 2]}
+    _assert_stored_exactly_once(server, {"request_handled": requests * 5})

@@ -281,3 +281,24 @@ def test_asgi_workers_with_recycling_and_a_graceful_stop(
         _stop_gracefully(asgi, signal.SIGTERM)
     assert new_worker not in {answer["pid"] for answer in answers[: requests // 2]}
     _assert_stored_exactly_once(server, {"request_handled": requests * 5})
+
+
+@pytest.mark.parametrize("server_name", ["gunicorn", "gevent", "uvicorn", "uwsgi", "celery"])
+def test_demo_runs_its_exactly_once_check_under_each_server(server_name: str) -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "segops_fast", "demo", "--server", server_name),
+            *("--events", "2000", "--workers", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    # tracked, stored, duplicates
+    assert rows["request"] == ["2,000", "2,000", "0"]
+    at_import = "0" if server_name == "uvicorn" else "5"
+    assert rows["at_import"] == [at_import, at_import, "0"]
+    assert "exactly once: yes" in result.stdout

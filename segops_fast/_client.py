@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import warnings
 import weakref
@@ -407,7 +406,9 @@ class SegOpsClient:
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
-        pipeline = _Pipeline(self._options, self._get_user, self._reporter)
+        self._install(_Pipeline(self._options, self._get_user, self._reporter))
+
+    def _install(self, pipeline: _Pipeline) -> None:
         self._pipeline = pipeline
         # The hot path calls this attribute directly: no branch on the batch mode.
         self._append: Callable[[Record], bool]
@@ -419,8 +420,6 @@ class SegOpsClient:
             self._append = self._append_first
         else:
             self._append = pipeline.flusher.append_and_send_when_due
-        # Created per process: a lock inherited held from the parent would never be released.
-        self._first_event_lock = threading.Lock()
         self._told_closed = False
         self._last_full_report = 0.0
         # Stops this process's thread if the client is dropped without shutdown(); holds
@@ -436,20 +435,30 @@ class SegOpsClient:
         forked from a master that preloads the application patches after the fork hook
         ran). No thread of ours exists yet and nothing is queued, so building the pipeline
         again loses nothing; using the old one would make greenlets wait on native locks.
+
+        No lock: one created before gevent patched is native, and building a pipeline can
+        yield to another greenlet, which would then block the hub on it. Rebuilding happens
+        only among greenlets, which switch only where they yield, so the new pipeline is
+        installed only if no other greenlet installed one while it was being built; until
+        then every event comes through here. Without a rebuild, concurrent first events
+        each just set the same attribute.
         """
-        with self._first_event_lock:
-            pipeline = self._pipeline
-            if (
-                not self._closed
-                and pipeline.greenlets != _concurrency.greenlets()
-                and pipeline.flusher.buffer.taken == 0
-                and not len(pipeline.flusher.buffer)
-            ):
+        pipeline = self._pipeline
+        if (
+            not self._closed
+            and pipeline.greenlets != _concurrency.greenlets()
+            and pipeline.flusher.buffer.taken == 0
+            and not len(pipeline.flusher.buffer)
+        ):
+            rebuilt = _Pipeline(self._options, self._get_user, self._reporter)
+            if self._pipeline is pipeline and not self._closed:
                 self._finalizer.detach()
-                pipeline.transport.close()
-                self._start_process_state()
-            self._append = self._pipeline.flusher.buffer.append
-            return self._append(record)
+                self._install(rebuilt)
+            else:
+                rebuilt.transport.close()
+            pipeline.transport.close()
+        self._append = self._pipeline.flusher.buffer.append
+        return self._append(record)
 
     def _send_from_uwsgi_master(self, record: Record) -> bool:
         """In the uWSGI master: send now, from this thread, everything waiting.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pytest
@@ -163,6 +164,13 @@ def test_gunicorn_gevent_workers(
     _assert_stored_exactly_once(server, expected)
 
 
+def _read_line(stream: IO[bytes], timeout: float) -> bytes:
+    """The next line the script prints; fails instead of waiting for ever for a hung one."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"the script printed nothing within {timeout} s"
+    return stream.readline()
+
+
 @pytest.mark.parametrize("patched", ["before", "after"])
 def test_plain_gevent_script_delivers_and_keeps_its_deadlines(
     server: LocalIngestServer, patched: str
@@ -177,12 +185,12 @@ def test_plain_gevent_script_delivers_and_keeps_its_deadlines(
     try:
         assert script.stdout is not None
         assert script.stdin is not None
-        assert script.stdout.readline() == b"flushed\n"
+        assert _read_line(script.stdout, 30) == b"flushed\n"
         assert server.summary()["unique_events"] == 1000
         server.faults.hang(seconds=5.0, count=10)
         script.stdin.write(b"go\n")
         script.stdin.flush()
-        seen = orjson.loads(script.stdout.readline())
+        seen = orjson.loads(_read_line(script.stdout, 30))
         assert script.wait(timeout=30) == 0
     finally:
         if script.poll() is None:

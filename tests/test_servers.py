@@ -15,7 +15,9 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,8 @@ from typing import IO, Any
 import orjson
 import pytest
 
-from segops_fast.testing import LocalIngestServer
+import segops_fast as segops
+from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 from tests.test_prefork_servers import (
     APPS,
     _environment,
@@ -310,3 +313,23 @@ def test_demo_runs_its_exactly_once_check_under_each_server(server_name: str) ->
     at_import = "0" if server_name == "uvicorn" else "5"
     assert rows["at_import"] == [at_import, at_import, "0"]
     assert "exactly once: yes" in result.stdout
+
+
+def test_in_the_uwsgi_master_each_event_is_sent_at_once_and_no_thread_starts(
+    server: LocalIngestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the master sees while it imports the application (uWSGI without lazy-apps)."""
+    monkeypatch.setitem(sys.modules, "uwsgi", types.SimpleNamespace(masterpid=os.getpid))
+    client = segops.SegOpsClient(server.url, DEFAULT_SECRET_KEY)
+    try:
+        started = time.perf_counter()
+        for index in range(AT_IMPORT):
+            client.track(user_id="importer", event_type="at_import", payload={"i": index})
+        seconds = time.perf_counter() - started
+        # Stored before track() returned: nothing is left for a forked worker to inherit.
+        assert server.summary()["unique_events"] == AT_IMPORT
+        assert client.stats().queued == 0
+        assert not [t for t in threading.enumerate() if t.name.startswith("segops-fast")]
+        assert seconds < 1.0
+    finally:
+        client.shutdown()

@@ -469,7 +469,8 @@ class SegOpsClient:
         tracks only while it imports the application, so sending each event as it is
         tracked costs a request per event at start-up (about a millisecond each here),
         bounded like any request by ``timeout`` and the retry schedule. If the API cannot
-        be reached they stay queued for the master's next event or its exit.
+        be reached they stay queued for the master's next event (uWSGI's master runs no
+        Python exit hook at its stop).
         """
         flusher = self._pipeline.flusher
         if not flusher.buffer.append(record):

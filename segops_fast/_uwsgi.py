@@ -11,8 +11,8 @@ It also tells whether this process is the uWSGI master. Without ``--lazy-apps`` 
 imports the application, and an application that tracks at import would start our thread
 there. uWSGI then forks its workers from C, where nothing re-initializes Python's thread
 state: a worker forked while that thread held the GIL waits for it forever (measured with
-uWSGI 2.0.30: no worker ever answered; ``--py-call-osafterfork`` does not help). So the
-master never gets a thread of ours (see ``_client.py`` for how it sends instead).
+uWSGI 2.0.30: no worker ever answered; reported: ``--py-call-osafterfork`` does not help).
+So the master never gets a thread of ours (see ``_client.py`` for how it sends instead).
 
 It reads only the ``uwsgi`` module that uWSGI itself puts in ``sys.modules``: importing
 nothing means it costs nothing outside uWSGI, and it never imports ``uwsgidecorators``,
@@ -39,8 +39,8 @@ def python_threads_disabled() -> bool:
 def is_master() -> bool:
     """True in the uWSGI master process, which forks every worker from C."""
     uwsgi = _running_uwsgi()
-    # masterpid() is 0 without --master: that layout is not covered (the README asks for
-    # --master).
+    # masterpid() is 0 without --master; a client created at import in that layout is
+    # not covered.
     masterpid = getattr(uwsgi, "masterpid", None)
     return masterpid is not None and masterpid() == os.getpid()
 

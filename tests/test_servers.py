@@ -333,3 +333,13 @@ def test_in_the_uwsgi_master_each_event_is_sent_at_once_and_no_thread_starts(
         assert seconds < 1.0
     finally:
         client.shutdown()
+
+
+def test_eventlet_is_refused_at_construction_with_the_reason(
+    server: LocalIngestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What eventlet.monkey_patch() leaves behind, without installing eventlet.
+    patched = types.SimpleNamespace(is_monkey_patched=lambda module: module == "thread")
+    monkeypatch.setitem(sys.modules, "eventlet.patcher", patched)
+    with pytest.raises(RuntimeError, match=r"eventlet.*Use gevent"):
+        segops.SegOpsClient(server.url, DEFAULT_SECRET_KEY)

@@ -17,6 +17,10 @@ over 1,000, in two passes of ``--events`` events:
 Then segops_fast alone: throughput with 20 ms of server latency for max_in_flight 1, 2,
 4 and 8; and the memory a queued event costs (tracemalloc, 100,000 events queued).
 
+With ``--tls`` the segops_fast row runs a second time, against the same server over HTTPS
+(``segops-fast serve --tls``, its test CA trusted through ``SSL_CERT_FILE``), and the
+report adds what TLS costs next to plain HTTP.
+
 Two things keep the machine from being what is measured. The server gets a CPU of its own
 and the clients the others (on Linux with two or more CPUs): otherwise the scheduler puts
 the server beside the producer at random, and a client that delivers faster makes the
@@ -56,6 +60,7 @@ from placement import describe, on_cpus, server_and_client_cpus
 import segops_fast
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
 
+SEGOPS_FAST_TLS = "segops_fast over TLS"
 IN_FLIGHT_SETTINGS = (1, 2, 4, 8)
 IN_FLIGHT_LATENCY = 0.020
 QUEUED_FOR_MEMORY = 100_000
@@ -169,7 +174,8 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _client_round(server: IngestServerProcess, name: str, events: int) -> dict[str, Any]:
     server.reset()
-    result = _run("client", server.url, name, events)
+    # The TLS row is segops_fast itself, pointed at the HTTPS server.
+    result = _run("client", server.url, SEGOPS_FAST if name == SEGOPS_FAST_TLS else name, events)
     stored = server.summary_by_event_type()
     for kind in ("latency", "throughput"):
         counts = stored.get(kind, {"unique_events": 0, "duplicate_events": 0})
@@ -187,18 +193,24 @@ def _in_flight_round(server: IngestServerProcess, events: int, setting: int) -> 
     return result
 
 
-def compare(events: int, rounds: int) -> dict[str, Any]:
+def compare(events: int, rounds: int, tls: bool = False) -> dict[str, Any]:
     server_cpus, client_cpus = server_and_client_cpus()
-    clients: dict[str, list[dict[str, Any]]] = {name: [] for name in BUILDERS}
+    names = [*BUILDERS, *([SEGOPS_FAST_TLS] if tls else [])]
+    clients: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     in_flight: dict[str, list[dict[str, Any]]] = {str(n): [] for n in IN_FLIGHT_SETTINGS}
     with on_cpus(server_cpus):
         server = IngestServerProcess().start()
         slow_server = IngestServerProcess(["--latency", str(IN_FLIGHT_LATENCY)]).start()
+        tls_server = IngestServerProcess(["--tls"]).start() if tls else None
+    if tls_server is not None and tls_server.ca_certs is not None:
+        # Inherited by the measuring processes: SSL_CERT_FILE adds the test CA.
+        os.environ["SSL_CERT_FILE"] = tls_server.ca_certs
     try:
         with on_cpus(client_cpus):
             for _ in range(rounds):
-                for name in BUILDERS:
-                    clients[name].append(_client_round(server, name, events))
+                for name in names:
+                    on = tls_server if name == SEGOPS_FAST_TLS and tls_server else server
+                    clients[name].append(_client_round(on, name, events))
                 for setting in IN_FLIGHT_SETTINGS:
                     in_flight[str(setting)].append(_in_flight_round(slow_server, events, setting))
             server.reset()
@@ -206,6 +218,8 @@ def compare(events: int, rounds: int) -> dict[str, Any]:
     finally:
         server.stop()
         slow_server.stop()
+        if tls_server is not None:
+            tls_server.stop()
     return {
         "events": events,
         "rounds": rounds,
@@ -293,6 +307,26 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for setting, row in results["in_flight"].items():
         lines.append(f"| {setting} | {row['events_per_second']:,.0f} |")
+    if SEGOPS_FAST_TLS in clients:
+        over_tls = clients[SEGOPS_FAST_TLS]
+        lines += [
+            "",
+            "What TLS costs segops_fast (the same workload over HTTPS):",
+            "",
+            "| | track() mean | p50 | p99 | delivered events/s |",
+            "|---|---|---|---|---|",
+        ]
+        for label, row in (("plain HTTP", fast), ("HTTPS", over_tls)):
+            lines.append(
+                f"| {label} | {row['mean_us']:.2f} us | {row['p50_us']:.2f} us"
+                f" | {row['p99_us']:.2f} us | {row['events_per_second']:,.0f} |"
+            )
+        lines.append(
+            f"| HTTPS vs HTTP | {over_tls['mean_us'] - fast['mean_us']:+.2f} us"
+            f" | {over_tls['p50_us'] - fast['p50_us']:+.2f} us"
+            f" | {over_tls['p99_us'] - fast['p99_us']:+.2f} us"
+            f" | {over_tls['events_per_second'] / fast['events_per_second']:.2f}x |"
+        )
     memory = results["memory"]
     lines += [
         "",
@@ -348,8 +382,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events per pass")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each client")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument(
+        "--tls", action="store_true", help="also run the segops_fast row over HTTPS"
+    )
     arguments = parser.parse_args()
-    results = compare(arguments.events, arguments.rounds)
+    results = compare(arguments.events, arguments.rounds, arguments.tls)
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "comparison.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2)

@@ -26,7 +26,6 @@ Each figure is the median of ``--rounds`` rounds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import threading
 import time
@@ -39,11 +38,11 @@ import orjson
 from clients import BUILDERS, NO_OP, keywords
 from compare import latency_figures, payloads, time_each_call
 from placement import describe, on_cpus, server_and_client_cpus
+from proc_usage import cpu_seconds
 
 import segops_fast
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
 
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 #: The rows of the table: a figure's key, and how the table names it.
 _ROWS = (
     ("mean_us", "track() mean, timer included (us)"),
@@ -98,13 +97,6 @@ def _time_steps(url: str, repeats: int) -> list[tuple[str, float]]:
     return [(what, nanoseconds - overhead) for what, nanoseconds in best[:-1]]
 
 
-def _cpu_seconds(stat: Path) -> float:
-    """User plus system time of the task whose ``/proc/.../stat`` this is."""
-    # utime and stime are fields 14 and 15; the command name before them may hold spaces.
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
-
-
 def _cpu_by_role(server_pid: int) -> dict[str, float]:
     """CPU seconds so far of the producer, the flusher, the senders and the server."""
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
@@ -119,8 +111,8 @@ def _cpu_by_role(server_pid: int) -> dict[str, float]:
             role = "senders_us"
         else:
             continue
-        seconds[role] += _cpu_seconds(task / "stat")
-    seconds["server_us"] = _cpu_seconds(Path(f"/proc/{server_pid}/stat"))
+        seconds[role] += cpu_seconds(task / "stat")
+    seconds["server_us"] = cpu_seconds(Path(f"/proc/{server_pid}/stat"))
     return seconds
 
 

@@ -28,11 +28,13 @@ Waking the consumer
 -------------------
 Producers must not signal the consumer on every event: ``Event.set`` takes a lock and
 wakes a thread. Instead :attr:`_attention_at` holds the queue length at which a producer
-should leave the fast path. While the consumer sleeps it is ``batch_size - 1``, so the
-producer whose event completes a batch wakes it, once; the consumer re-arms it before it
-sleeps again. While the consumer is busy it is the high-water mark, half the capacity.
-A race between a producer and the re-arming consumer can delay the wake by one event,
-never lose events; the flush interval bounds the delay.
+should leave the fast path. While the consumer lingers over waiting events it is
+``batch_size - 1``, so the producer whose event completes a batch wakes it, once; while
+the consumer is idle it is 0, so the next event wakes it (and starts its linger). The
+consumer re-arms it before it sleeps again. While the consumer is busy it is the
+high-water mark, half the capacity. A race between a producer and the re-arming
+consumer can delay the wake by one event, never lose events: the consumer's first sleep
+after arming is bounded by the flush interval.
 
 Above the high-water mark
 -------------------------
@@ -67,8 +69,7 @@ class EventBuffer:
         self._high_water = capacity // 2
         self._batch_size = batch_size
         self._on_batch_ready = on_batch_ready
-        # Zero sends the very first event down the slow path: it starts the consumer, which
-        # then sends that event at once (an early sign of a wrong URL or key).
+        # Zero sends the very first event down the slow path: it starts the consumer.
         self._attention_at = 0
         #: How many records the consumer has taken, ever; only the consumer writes it.
         self.taken = 0
@@ -107,9 +108,10 @@ class EventBuffer:
             finally:
                 self._producers_waiting_for_room -= 1
 
-    def arm(self) -> None:
-        """Consumer, before sleeping: have the producer that completes a batch wake it."""
-        self._attention_at = min(self._batch_size - 1, self._high_water)
+    def arm(self, *, first_event: bool) -> None:
+        """Consumer, before sleeping: have the producer that completes a batch wake it, or
+        with ``first_event``, the producer of the next event (the consumer is idle)."""
+        self._attention_at = 0 if first_event else min(self._batch_size - 1, self._high_water)
 
     def disarm(self) -> None:
         """Consumer, once awake: producers stay on the fast path until the high-water mark."""

@@ -20,14 +20,7 @@ import orjson
 
 from . import _async, _concurrency, _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
-from ._delivery import (
-    REASON_FAILED,
-    REASON_RETRIES_EXHAUSTED,
-    Deadline,
-    Delivery,
-    GivenUp,
-    RetryPolicy,
-)
+from ._delivery import Deadline, Delivery, GivenUp, RetryPolicy
 from ._encoding import (
     RENDERED_TIMESTAMP_BYTES,
     Record,
@@ -52,8 +45,10 @@ from ._options import (
     DEFAULT_TIMEOUT,
     Options,
 )
+from ._proxy import Proxy, resolve_proxy
 from ._session import SessionManager, anonymous_user
 from ._stats import DeliveryCounters, Stats
+from ._tls import TLSSettings
 from ._transport import Transport
 from ._types import Context, Event, UserContext
 
@@ -91,6 +86,11 @@ class _Reporter:
         except Exception:
             logger.exception("SegOps: the on_error callback raised")
 
+    def given_up(self, given_up: GivenUp) -> None:
+        """Tell the user about events that will not be delivered (already counted)."""
+        self.dropped(given_up.events, given_up.reason)
+        self.error(given_up.error)
+
     def dropped(self, events: list[bytes], reason: str) -> None:
         if self._on_drop is None:
             return
@@ -108,7 +108,11 @@ class _Pipeline:
     """
 
     def __init__(
-        self, options: Options, get_user: Callable[[], UserContext], reporter: _Reporter
+        self,
+        options: Options,
+        get_user: Callable[[], UserContext],
+        reporter: _Reporter,
+        proxy: Proxy | None = None,
     ) -> None:
         #: The process this pipeline belongs to.
         self.pid = os.getpid()
@@ -119,7 +123,12 @@ class _Pipeline:
         self.reporter = reporter
         self.counters = DeliveryCounters()
         self.transport = Transport(
-            options.api_url, timeout=options.timeout, max_connections=options.max_in_flight
+            options.api_url,
+            timeout=options.timeout,
+            max_connections=options.max_in_flight,
+            tls=TLSSettings(options.ca_certs, options.client_cert, options.client_key),
+            proxy=proxy,
+            compression=options.compression,
         )
         self.session = (
             SessionManager(options.api_key, get_user, self.transport)
@@ -127,11 +136,12 @@ class _Pipeline:
             else None
         )
         self.deadline = Deadline()
+        policy = RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap)
         self.delivery = Delivery(
             transport=self.transport,
             api_key=options.api_key,
             session=self.session,
-            policy=RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap),
+            policy=policy,
             counters=self.counters,
             deadline=self.deadline,
         )
@@ -143,21 +153,15 @@ class _Pipeline:
             flush_interval=options.flush_interval,
             max_batch_bytes=options.max_batch_bytes,
             max_in_flight=options.max_in_flight,
+            # flush() waits for an unreachable API as long as a batch answered 503 would
+            # wait for its retries: a deploy's few seconds of refused connections are
+            # ridden out, as the retry settings asked.
+            outage_patience=policy.longest_wait(),
             deadline=self.deadline,
             background=not (_uwsgi.python_threads_disabled() or self.in_uwsgi_master),
-            on_given_up=self.settle,
+            on_given_up=reporter.given_up,
             report_error=reporter.error,
         )
-
-    def settle(self, given_up: GivenUp) -> None:
-        """Count events that will not be delivered, and tell the user."""
-        count = len(given_up.events)
-        if given_up.reason in (REASON_FAILED, REASON_RETRIES_EXHAUSTED):
-            self.counters.failed_in_flight(count)
-        else:
-            self.counters.dropped_in_flight(count)
-        self.reporter.dropped(given_up.events, given_up.reason)
-        self.reporter.error(given_up.error)
 
     def stop_soon(self) -> None:
         """The client was garbage-collected unclosed: send what is left, then end the thread."""
@@ -196,6 +200,11 @@ class SegOpsClient:
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        proxy: str | None = None,
+        ca_certs: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        compression: str | None = None,
     ) -> None:
         options = Options(
             api_url=api_url.rstrip("/") if isinstance(api_url, str) else api_url,
@@ -213,10 +222,17 @@ class SegOpsClient:
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
             shutdown_timeout=shutdown_timeout,
+            proxy=proxy,
+            ca_certs=ca_certs,
+            client_cert=client_cert,
+            client_key=client_key,
+            compression=compression,
         )
         options.check()
         _concurrency.refuse_eventlet()
         self._options = options
+        # Decided once: a forked child uses the proxy its parent was built with.
+        self._proxy = resolve_proxy(proxy, options.api_url)
         # Copied out of the options: the hot path reads them on every call.
         self._max_event_bytes = max_event_bytes
         # The longest JSON an event may have before track() adds its timestamp.
@@ -305,7 +321,9 @@ class SegOpsClient:
         """Block until every event enqueued before this call is acknowledged.
 
         Raises :class:`SegOpsApiError` when some could not be delivered, or when
-        ``timeout`` seconds pass first; events not yet sent then stay queued.
+        ``timeout`` seconds pass first; events not yet sent then stay queued. While the
+        API cannot be reached it waits for it as long as the retry schedule would wait
+        for a batch answered 503, then raises with the count undelivered.
         """
         if self._closed or not self._options.batch:
             return
@@ -347,7 +365,7 @@ class SegOpsClient:
         flusher.stop()
         if not flusher.join(deadline):
             pipeline.deadline.expire_now()
-            undelivered = self.stats().queued
+            undelivered = flusher.abandon()
             raise SegOpsApiError(
                 f"SegOps: shutdown deadline of {deadline}s passed with {undelivered} events "
                 "undelivered; they are handed to on_drop and counted as dropped",
@@ -406,7 +424,7 @@ class SegOpsClient:
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
-        self._install(_Pipeline(self._options, self._get_user, self._reporter))
+        self._install(_Pipeline(self._options, self._get_user, self._reporter, self._proxy))
 
     def _install(self, pipeline: _Pipeline) -> None:
         self._pipeline = pipeline
@@ -450,7 +468,7 @@ class SegOpsClient:
             and pipeline.flusher.buffer.taken == 0
             and not len(pipeline.flusher.buffer)
         ):
-            rebuilt = _Pipeline(self._options, self._get_user, self._reporter)
+            rebuilt = _Pipeline(self._options, self._get_user, self._reporter, self._proxy)
             if self._pipeline is pipeline and not self._closed:
                 self._finalizer.detach()
                 self._install(rebuilt)
@@ -509,7 +527,8 @@ class SegOpsClient:
         pipeline.counters.sending_synchronously(1)
         given_up = pipeline.delivery.deliver_single(render_event(record), new_idempotency_key())
         if given_up is not None:
-            pipeline.settle(given_up)
+            pipeline.counters.given_up(1, failed=given_up.failed)
+            self._reporter.given_up(given_up)
         return True
 
     def _refused(self, record: Record) -> None:

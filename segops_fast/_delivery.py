@@ -56,6 +56,13 @@ class RetryPolicy:
         window = self.backoff_base * 2.0 ** min(attempt, 64)
         return random.uniform(0.0, min(self.backoff_cap, window))
 
+    def longest_wait(self) -> float:
+        """The longest a batch answered 503 every time waits, over all its retries."""
+        return sum(
+            min(self.backoff_cap, self.backoff_base * 2.0 ** min(attempt, 64))
+            for attempt in range(self.max_retries)
+        )
+
     def asked_delay(self, retry_after: str | None) -> float | None:
         """The wait a ``Retry-After`` header asks for, up to the cap; None without one."""
         asked = _retry_after_seconds(retry_after)
@@ -88,6 +95,11 @@ class Deadline:
             return True
         return False
 
+    def time_left(self) -> float | None:
+        """Seconds until the moment set, even if it was already given up as passed; None
+        when no deadline is set."""
+        return None if self._at is None else max(0.0, self._at - time.monotonic())
+
     def remaining(self) -> float | None:
         """Seconds left, or None when no deadline is set."""
         if self._passed.is_set():
@@ -119,12 +131,22 @@ class GivenUp:
     def of_batch(cls, batch: Batch, reason: str, error: SegOpsApiError) -> GivenUp:
         return cls(batch.events(), reason, error, batch.first)
 
+    @property
+    def failed(self) -> bool:
+        """Counted as failed (a request was made and refused, or could not be made) rather
+        than dropped."""
+        return self.reason in (REASON_FAILED, REASON_RETRIES_EXHAUSTED)
+
 
 @dataclass
 class Attempted:
     """What one attempt at a batch came to (with the halves, when the server said 413)."""
 
     given_up: list[GivenUp] = field(default_factory=list)
+    #: ``(events, body bytes)`` of each request the server acknowledged. Counted by the
+    #: caller, which alone knows whether the batch is still its own to count (a shutdown
+    #: deadline may have given it up while the request was under way).
+    acknowledged: list[tuple[int, int]] = field(default_factory=list)
     #: Batches to send again, each once its ``retry_at`` has come.
     to_retry: list[Batch] = field(default_factory=list)
     #: When (``time.monotonic()``) the server's ``Retry-After`` lets requests go again;
@@ -170,7 +192,7 @@ class Delivery:
     def attempt_batch(self, batch: Batch) -> Attempted:
         """Send ``batch`` once, and its halves if the server finds it too large.
 
-        Counts what was acknowledged. A retryable failure schedules the batch's next
+        A retryable failure schedules the batch's next
         attempt rather than waiting for it here, so that the caller can send other
         batches meanwhile: retries cost the events in them latency, and nobody else.
         """
@@ -207,7 +229,7 @@ class Delivery:
                     )
                 continue
             if response.ok:
-                self._counters.acknowledged(len(current), len(body))
+                attempted.acknowledged.append((len(current), len(body)))
             elif response.status == 413 and len(current) > 1:
                 first, second = current.halves()
                 remaining.extend((second, first))

@@ -1,28 +1,38 @@
-"""The background threads that empty the buffer into requests.
+"""The background thread that empties the buffer into requests.
 
 This module owns the consumer side of the buffer: one flusher thread per client per
 process, started by the first event (so a process that never tracks has no thread of
-ours), sleeping until ``batch_size`` events wait or ``flush_interval`` passes, then
-cutting everything waiting into batches of at most ``max_batch_bytes``, oldest first.
-With ``max_in_flight`` above 1 it hands batches to that many sender threads, so that
-assembling the next batch overlaps with waiting for the server's answer to the last.
-It answers ``flush()`` and ``shutdown()`` requests and gives events up only through
-:class:`~segops_fast._delivery.GivenUp`. Where no Python thread runs between requests
-(uWSGI without threads), the same cycle runs on the caller's thread instead, when due.
-Taken events that are not finished yet still count against the buffer's bound. It does
-not own what a response means (:mod:`~segops_fast._delivery`) or the user's callbacks
-(the client's).
+ours). It answers ``flush()`` and ``shutdown()``, and at the shutdown deadline it gives up
+every event it still holds. It does not own when held-back batches are due
+(:mod:`~segops_fast._schedule`), what a response means (:mod:`~segops_fast._delivery`),
+or the user's callbacks (the client's).
 
+When the flusher sends
+----------------------
+The cost of delivery to the host application is per request and per wake-up far more
+than per event: each request is a few hundred microseconds of Python on the host's CPU.
+So the flusher lingers: once events wait, it sleeps until ``batch_size`` of them wait
+or the oldest has waited ``flush_interval``, and then sends everything waiting. An idle
+flusher sleeps with no timeout; the first event wakes it (the buffer's producer does,
+once). ``flush()`` and ``shutdown()`` never wait for a linger.
+
+How a cycle sends
+-----------------
+A cycle takes everything waiting, cuts it into batches of at most ``max_batch_bytes``,
+and sends them, oldest first. The flusher sends a batch itself unless a sender thread
+(``max_in_flight - 1`` of them, started when a cycle first has several batches) is free
+to take it, and it always sends the last batch of a cycle itself. So a web worker whose
+cycle fills one request pays no thread hand-off at all, while a backfill keeps
+``max_in_flight`` requests under way. A cycle ends when all its requests are answered.
+
+Numbering
+---------
 Events are numbered in the order they were taken from the buffer. A flush is done when
 every event numbered below its target is *finished* (acknowledged or given up); the
-finished watermark is the lowest number still in a request or waiting for the API.
-
-A batch to be retried waits in ``_retrying`` until its time comes; meanwhile every cycle
-sends what is new, so that one batch's backoff delays nobody else's events. A
-``Retry-After`` from the server pauses all sending until it ends (``_resume_at``). When
-the API cannot be reached (or no session token can be had), the batches not yet delivered
-wait in ``_unsent`` and are tried again once per ``flush_interval``, before anything
-newer. Both count against the queue bound like queued events.
+finished watermark is the lowest number still in a request or held back. Taken events
+not finished yet still count against the buffer's bound. Where no Python thread runs
+between requests (uWSGI without threads), the same cycle runs on the caller's thread
+instead, when due.
 """
 
 from __future__ import annotations
@@ -38,21 +48,31 @@ from ._delivery import (
     REASON_FAILED,
     REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
+    Attempted,
     Deadline,
     Delivery,
     GivenUp,
 )
-from ._encoding import Record, render_event
+from ._encoding import Record
 from ._errors import SegOpsApiError
+from ._schedule import SendSchedule
 from ._stats import DeliveryCounters
+from ._transport import NetworkConfigError
+
+#: While the API cannot be reached, it is tried every flush_interval, but reported at most
+#: this often: a long outage must not write an error to the log twice a second.
+_UNREACHABLE_REPORT_INTERVAL = 5.0
 
 
 class FlushRequest:
     """A caller waiting until every event enqueued before its call has a known fate."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, patience_ends_at: float) -> None:
         #: The flush is done when every event numbered below this is finished.
         self.target = target
+        #: While the API cannot be reached, the flush waits for it until this moment
+        #: (``time.monotonic()``), then reports its events undelivered.
+        self.patience_ends_at = patience_ends_at
         self.undelivered = 0
         self.error: BaseException | None = None
         self._done = threading.Event()
@@ -72,7 +92,7 @@ class FlushRequest:
 
 
 class Flusher:
-    """Consumes one :class:`EventBuffer` on background threads."""
+    """Consumes one :class:`EventBuffer` on a background thread."""
 
     def __init__(
         self,
@@ -84,6 +104,7 @@ class Flusher:
         flush_interval: float,
         max_batch_bytes: int,
         max_in_flight: int,
+        outage_patience: float,
         deadline: Deadline,
         background: bool,
         on_given_up: Callable[[GivenUp], None],
@@ -95,6 +116,7 @@ class Flusher:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_batch_bytes = max_batch_bytes
+        self._outage_patience = outage_patience
         self._background = background
         # Without a background thread every request is sent from the caller's thread.
         self._max_in_flight = max_in_flight if background else 1
@@ -106,24 +128,32 @@ class Flusher:
         # this module's own threads do.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._senders: list[threading.Thread] = []
+        #: Senders waiting for a batch (or about to): one is handed a batch only if it is
+        #: free, else the flusher sends the batch itself.
+        self._idle_senders = 0
         self._stopping = False
         #: Set by the flusher thread as it ends; the senders end when they see it.
         self._senders_may_exit = False
         self._open_requests: list[FlushRequest] = []
+        #: A flush() was asked for since the last cycle began.
+        self._flush_asked = False
         #: Batches handed to senders but not yet taken by one.
         self._to_send: deque[Batch] = deque()
-        #: First event number -> event count of each batch whose fate is not known.
-        self._in_flight: dict[int, int] = {}
-        #: Batches waiting for their next attempt, each until its ``retry_at``.
-        self._retrying: list[Batch] = []
-        #: Nothing is sent before this moment (``time.monotonic()``): the server asked so.
-        self._resume_at = 0.0
-        #: Batches that wait for the API to be reachable, and the error that stopped them.
-        self._unsent: list[Batch] = []
-        self._unavailable_error: BaseException | None = None
+        #: First event number -> each batch taken and not finished (sent, being sent, or
+        #: about to be); right after a take, one stands for everything taken.
+        self._in_flight: dict[int, Batch] = {}
+        self._schedule = SendSchedule(flush_interval)
+        self._last_unreachable_report = float("-inf")
+        #: When the oldest event in the buffer started waiting (at most); None when empty.
+        self._events_waiting_since: float | None = None
         #: The number the next event taken from the buffer gets.
         self._next_number = 0
+        #: Set once the shutdown deadline has passed and everything held was given up.
+        self._abandoned = False
+        self._abandon_finished = threading.Event()
+        self._given_up_at_deadline = 0
         #: Without a background thread: when the oldest waiting event arrived, and which
         #: thread is sending right now (its callbacks must not flush from inside).
         self._waiting_since: float | None = None
@@ -138,8 +168,9 @@ class Flusher:
             target = self.buffer.taken + len(self.buffer)
             if self._stopping or target <= self._finished_watermark():
                 return None
-            request = FlushRequest(target)
+            request = FlushRequest(target, time.monotonic() + self._outage_patience)
             self._open_requests.append(request)
+            self._flush_asked = True
             self._changed.notify_all()
         self._wake_up()
         return request
@@ -154,10 +185,55 @@ class Flusher:
     def join(self, timeout: float | None) -> bool:
         """Wait, ``timeout`` seconds in all, for every thread to end; True if they have."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in self._threads():
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
-        return not any(thread.is_alive() for thread in self._threads)
+        return not any(thread.is_alive() for thread in self._threads())
+
+    def abandon(self) -> int:
+        """The shutdown deadline has passed: give up, now, every event not yet finished.
+
+        Events in the buffer, held back, or in a request not answered yet are handed to
+        ``on_drop`` as ``shutdown_deadline`` and counted as dropped before this returns;
+        an answer that comes later for one of those requests is ignored, so no event is
+        ever both dropped and sent. Returns how many events were given up. Safe to call
+        from any thread, more than once: later calls wait for the first to finish.
+        """
+        with self._lock:
+            if self._abandoned:
+                first_call = False
+            else:
+                first_call = self._abandoned = self._stopping = True
+                unanswered = sorted(self._in_flight.values(), key=lambda batch: batch.first)
+                held = self._schedule.take_all()
+                self._in_flight.clear()
+                self._to_send.clear()
+                waiting = self._take_numbered()
+                if waiting:
+                    held.append(self._in_flight.pop(self._next_number - len(waiting)))
+                self._count_held_events()
+                self._changed.notify_all()
+        if not first_call:
+            self._abandon_finished.wait()
+            return self._given_up_at_deadline
+        self._wake.set()
+        given_up = []
+        for batch in unanswered:
+            error = SegOpsApiError(
+                "SegOps: shutdown deadline passed with these events in a request not yet "
+                "answered: the server may have stored them",
+                undelivered=len(batch),
+            )
+            given_up.append(GivenUp.of_batch(batch, REASON_SHUTDOWN_DEADLINE, error))
+        for batch in held:
+            error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=len(batch))
+            given_up.append(GivenUp.of_batch(batch, REASON_SHUTDOWN_DEADLINE, error))
+        self._give_up(given_up)
+        self._given_up_at_deadline = sum(len(batch) for batch in (*unanswered, *held))
+        # Everything is finished now: whoever still waits in flush() has an answer.
+        self._answer(list(self._open_requests), final=True)
+        self._abandon_finished.set()
+        return self._given_up_at_deadline
 
     @property
     def has_background_thread(self) -> bool:
@@ -167,37 +243,37 @@ class Flusher:
     @property
     def is_own_thread(self) -> bool:
         return (
-            threading.current_thread() in self._threads
+            threading.current_thread() in self._threads()
             or self._sending_thread == threading.get_ident()
         )
+
+    def _threads(self) -> list[threading.Thread]:
+        return [*([self._thread] if self._thread else []), *self._senders]
 
     def _wake_up(self) -> None:
         if not self._background:
             return
-        if not self._threads:
-            self._start_threads()
+        if self._thread is None:
+            self._start_thread()
         self._wake.set()
 
-    def _start_threads(self) -> None:
+    def _start_thread(self) -> None:
         with self._lock:
-            if self._threads or self._stopping:
+            if self._thread is not None or self._stopping:
                 return
-            targets = [self._run]
-            if self._max_in_flight > 1:
-                targets += [self._run_sender] * self._max_in_flight
-            for number, target in enumerate(targets):
-                name = "segops-fast-flusher" if number == 0 else f"segops-fast-sender-{number}"
-                thread = threading.Thread(target=target, name=name)
-                thread.daemon = True
-                thread.start()
-                self._threads.append(thread)
+            self._thread = _start_daemon(self._run, "segops-fast-flusher")
 
     # -- the flusher thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while not self._deadline.passed():
-                if self._cycle():
+                self._wait_until_due()
+                if self._deadline.passed():
+                    break
+                stopping = self._stopping
+                self._send_waiting(final=stopping)
+                if stopping and not self._has_work_left():
                     return
             self._give_up_everything_left()
         finally:
@@ -206,12 +282,86 @@ class Flusher:
                 self._senders_may_exit = True
                 self._changed.notify_all()
 
-    def _cycle(self) -> bool:
-        """Sleep until due, send everything waiting, answer flushes; True when it is time to end."""
-        self._sleep_until_due()
-        stopping = self._stopping
-        self._send_waiting(final=stopping)
-        return stopping and not self._has_work_left()
+    def _wait_until_due(self) -> None:
+        """Return when a cycle is due: see :meth:`_seconds_until_due`."""
+        sure_nothing_was_missed = False
+        try:
+            while True:
+                # Cleared before the checks, so a wake-up that races with them is not lost.
+                self._wake.clear()
+                with self._lock:
+                    now = time.monotonic()
+                    wait = self._seconds_until_due(now)
+                    stopping = self._stopping
+                    producers_may_wake_us = not (
+                        stopping
+                        or self._schedule.waiting_for_api
+                        or self._schedule.seconds_paused(now)
+                    )
+                if wait == 0.0:
+                    return
+                if stopping:
+                    # Only a pause or retries are left to wait for, unless the deadline
+                    # comes first.
+                    self._deadline.sleep(wait or 0.0)
+                    return
+                idle = False
+                if producers_may_wake_us:
+                    idle = not len(self.buffer)
+                    self.buffer.arm(first_event=idle)
+                    if (idle and len(self.buffer)) or len(self.buffer) >= self._batch_size:
+                        continue  # arrived while arming: look again
+                    if wait is None and not sure_nothing_was_missed:
+                        # A producer that read the threshold just before we armed it did
+                        # not wake us: look once more after flush_interval, then sleep
+                        # for as long as nothing happens.
+                        wait = self._flush_interval
+                woken = self._wake.wait(wait)
+                sure_nothing_was_missed = idle and not woken
+        finally:
+            self.buffer.disarm()
+
+    def _seconds_until_due(self, now: float) -> float | None:
+        """How long until a cycle is due (0.0: now), None if nothing waits. Lock held.
+
+        Due: ``batch_size`` events wait, the oldest has waited ``flush_interval``, a retry
+        is due, a ``flush()`` waits for events in the buffer, or stopping. A pause the
+        server asked for is kept whatever happens; while the API cannot be reached, the
+        batches in hand are tried every ``flush_interval`` and when a flush asks.
+        """
+        schedule = self._schedule
+        paused = schedule.seconds_paused(now)
+        retry_in = schedule.seconds_until_retry(now)
+        if self._stopping:
+            if paused:
+                return paused
+            if len(self.buffer) or schedule.waiting_for_api or retry_in is None:
+                return 0.0
+            return retry_in
+        if paused:
+            return paused
+        if schedule.waiting_for_api:
+            if self._flush_asked:
+                return 0.0
+            patience = [request.patience_ends_at - now for request in self._open_requests]
+            return max(0.0, min([schedule.seconds_until_unsent_due(now), *patience]))
+        # A flush() is due when events it waits for are still in the buffer, or when no
+        # retry is pending, so that it can be answered. Waiting for a retry, it does not
+        # make every newer event go out in a request of its own.
+        if any(request.target > self._next_number for request in self._open_requests):
+            return 0.0
+        if self._open_requests and retry_in is None:
+            return 0.0
+        waiting = len(self.buffer)
+        if not waiting:
+            self._events_waiting_since = None
+            return retry_in
+        if waiting >= self._batch_size:
+            return 0.0
+        if self._events_waiting_since is None:
+            self._events_waiting_since = now
+        linger = max(0.0, self._events_waiting_since + self._flush_interval - now)
+        return linger if retry_in is None else min(linger, retry_in)
 
     def _send_waiting(self, *, final: bool) -> bool:
         """Send the retries that are due and the batches waiting for the API, and unless
@@ -220,15 +370,12 @@ class Flusher:
         be had); when ``final``, the batches not sent are given up."""
         with self._lock:
             now = time.monotonic()
-            due = [batch for batch in self._retrying if batch.retry_at <= now]
-            self._retrying = [batch for batch in self._retrying if batch.retry_at > now]
-            api_was_unreachable = bool(self._unsent)
-            retry = sorted(self._unsent + due, key=lambda batch: batch.first)
-            self._unsent = []
+            self._flush_asked = False
+            api_was_unreachable = self._schedule.waiting_for_api
+            retry = self._schedule.take_due(now, unsent_too=True)
             # Unfinished without a gap: a flush asked for now must still wait for them.
             for batch in retry:
-                self._in_flight[batch.first] = len(batch)
-            self._unavailable_error = None
+                self._in_flight[batch.first] = batch
             records = [] if api_was_unreachable else self._take_numbered()
             answerable = list(self._open_requests)
         batches = retry + self._batches(records)
@@ -237,73 +384,24 @@ class Flusher:
         # batches kept until its end would let a second queue's worth of events build up.
         del retry, records
         self._dispatch(batches)
-        # Settling before the next cycle keeps the unavailable error and the flush answers
-        # consistent; requests within one cycle still overlap. It costs one attempt's time
-        # at most: a batch to be retried waits for its next attempt outside any cycle.
         with self._lock:
-            self._changed.wait_for(lambda: not self._in_flight)
-            blocked = self._unavailable_error
+            self._changed.wait_for(lambda: not self._in_flight or self._abandoned)
+            if self._abandoned:
+                return False
+            blocked = self._schedule.unavailable_error
         if blocked is not None:
-            self._report_error(blocked)
+            now = time.monotonic()
+            if final or now - self._last_unreachable_report >= _UNREACHABLE_REPORT_INTERVAL:
+                self._last_unreachable_report = now
+                self._report_error(blocked)
             if final:
                 # Shutting down and the API cannot be reached: these cannot be delivered.
                 self._give_up_held(REASON_FAILED, blocked)
-        self._answer(answerable)
+        self._answer(answerable, final=final)
         return blocked is None
 
-    def _sleep_until_due(self) -> None:
-        # Cleared before the checks, so a wake-up that races with them is not lost.
-        self._wake.clear()
-        with self._lock:
-            if self._unsent:
-                # The API could not be reached: try again after flush_interval, however
-                # full the buffer gets (producers above its high-water mark would wake us
-                # at once).
-                if not self._stopping and not self._open_requests:
-                    self._changed.wait_for(
-                        lambda: self._stopping or bool(self._open_requests),
-                        self._flush_interval,
-                    )
-                return
-            retry_in = self._seconds_until_a_retry()
-            # A flush() is due when events it waits for are still in the buffer, or when
-            # no retry is pending, so that it can be answered. Waiting for a retry, it
-            # does not make every newer event go out in a request of its own.
-            flush_due = any(request.target > self._next_number for request in self._open_requests)
-            flush_due |= bool(self._open_requests) and retry_in is None
-            pause = self._resume_at - time.monotonic()
-            if pause > 0 and not self._stopping:
-                # The server asked for a pause: neither new events nor flush() end it.
-                self._changed.wait_for(lambda: self._stopping, pause)
-                return
-        if pause > 0:
-            # Stopping: the pause is kept, unless the deadline comes first.
-            self._deadline.sleep(pause)
-            return
-        if retry_in == 0.0:
-            return
-        if self._stopping:
-            if retry_in is not None and not len(self.buffer):
-                # Only retries are left: wait for the next, unless the deadline comes first.
-                self._deadline.sleep(retry_in)
-            return
-        if flush_due:
-            return
-        timeout = self._flush_interval if retry_in is None else min(retry_in, self._flush_interval)
-        self.buffer.arm()
-        if len(self.buffer) < self._batch_size:
-            self._wake.wait(timeout)
-        self.buffer.disarm()
-
     def _has_work_left(self) -> bool:
-        return bool(self._unsent or self._retrying or len(self.buffer))
-
-    def _seconds_until_a_retry(self) -> float | None:
-        """How long until the next retry is due (0.0: now), None if none waits."""
-        if not self._retrying:
-            return None
-        due_at = min(batch.retry_at for batch in self._retrying)
-        return max(0.0, due_at - time.monotonic())
+        return bool(self._schedule or len(self.buffer))
 
     def _take_numbered(self) -> list[Record]:
         """Take everything waiting and number it. Call with the lock held.
@@ -314,9 +412,11 @@ class Flusher:
         records = self.buffer.take()
         if records:
             self._counters.taken(len(records))
-            self._in_flight[self._next_number] = len(records)
+            self._in_flight[self._next_number] = Batch(records, "", self._next_number)
             self._next_number += len(records)
             self._count_held_events()
+            # Whatever is in the buffer now arrived after this.
+            self._events_waiting_since = time.monotonic()
         return records
 
     def _count_held_events(self) -> None:
@@ -324,10 +424,8 @@ class Flusher:
         buffer and the requests together never hold more than ``max_queue_size`` (an
         outage must not let a second full queue build up behind the retries). Call with
         the lock held."""
-        held = sum(self._in_flight.values()) + sum(
-            len(batch) for batch in (*self._unsent, *self._retrying)
-        )
-        self.buffer.hold(held)
+        held = sum(len(batch) for batch in self._in_flight.values())
+        self.buffer.hold(held + self._schedule.held_events())
 
     def _batches(self, records: list[Record]) -> list[Batch]:
         """The batches of freshly taken ``records``, numbered on from the first of them."""
@@ -341,36 +439,49 @@ class Flusher:
         return batches
 
     def _dispatch(self, batches: list[Batch]) -> None:
-        """Send ``batches`` in order, here or through the senders, max_in_flight at most.
-
-        Empties ``batches`` as it goes, so that a finished batch's events can be freed.
-        """
+        """Send ``batches`` in order, max_in_flight at most under way at once: each to a
+        free sender, else here. Empties ``batches`` as it goes, so that a finished batch's
+        events can be freed."""
         with self._lock:
             # Every batch is unfinished before the first is sent (this also replaces the
             # entry that stood for all the records since they were taken).
             for batch in batches:
-                self._in_flight[batch.first] = len(batch)
+                self._in_flight[batch.first] = batch
         batches.reverse()
         while batches:
             batch = batches.pop()
             with self._lock:
-                if self._unavailable_error is not None:
-                    # A sender could not reach the API: keep the rest for the next cycle.
+                if self._abandoned:
+                    return
+                now = time.monotonic()
+                error = self._schedule.unavailable_error
+                if error is not None:
+                    # A sender could not reach the API: keep the rest for the next try.
                     del self._in_flight[batch.first]
-                    self._unsent.append(batch)
+                    self._schedule.hold_unsent([batch], error, now)
                     continue
-                if self._resume_at > time.monotonic():
+                if self._schedule.seconds_paused(now):
                     # The server asked for a pause: the rest wait for its end, as retries do.
                     del self._in_flight[batch.first]
-                    batch.retry_at = self._resume_at
-                    self._retrying.append(batch)
+                    batch.retry_at = self._schedule.resume_at
+                    self._schedule.retry_later([batch])
                     continue
-                if self._max_in_flight > 1:
-                    self._changed.wait_for(lambda: len(self._to_send) == 0)
-                    self._to_send.append(batch)
-                    self._changed.notify_all()
-                    continue
+                if batches and self._max_in_flight > 1:
+                    self._start_senders()
+                    if self._idle_senders > len(self._to_send):
+                        self._to_send.append(batch)
+                        self._changed.notify_all()
+                        continue
             self._send(batch)
+
+    def _start_senders(self) -> None:
+        """Start the sender threads the first time a cycle has more than one batch. Lock held."""
+        if not self._senders:
+            self._idle_senders = self._max_in_flight - 1
+            self._senders = [
+                _start_daemon(self._run_sender, f"segops-fast-sender-{number}")
+                for number in range(1, self._max_in_flight)
+            ]
 
     # -- without a background thread (uWSGI without --enable-threads) -----------------------
 
@@ -388,8 +499,8 @@ class Flusher:
         due = (
             len(self.buffer) >= self._batch_size
             or now - self._waiting_since >= self._flush_interval
-            or self._seconds_until_a_retry() == 0.0
-        ) and now >= self._resume_at
+            or self._schedule.seconds_until_retry(now) == 0.0
+        ) and not self._schedule.seconds_paused(now)
         # Never re-entered: a callback that tracks while we send leaves its event queued.
         if due and self._sending_here.acquire(blocking=False):
             try:
@@ -405,16 +516,17 @@ class Flusher:
             while self._has_work_left() and not self._deadline.passed():
                 # Wait here, as flush() would, for a pause the server asked for to end,
                 # or when only retries are left, for the next.
-                wait = self._resume_at - time.monotonic()
-                if not self._unsent and not len(self.buffer):
-                    wait = max(wait, self._seconds_until_a_retry() or 0.0)
+                now = time.monotonic()
+                wait = self._schedule.seconds_paused(now)
+                if not self._schedule.waiting_for_api and not len(self.buffer):
+                    wait = max(wait, self._schedule.seconds_until_retry(now) or 0.0)
                 if wait > 0 and self._deadline.sleep(wait):
                     break
                 if not self._send_here(final=final):
                     break
             if final and self._deadline.passed():
                 self._give_up_everything_left()
-            self._answer(list(self._open_requests))
+            self._answer(list(self._open_requests), final=final)
 
     def _send_here(self, *, final: bool) -> bool:
         self._sending_thread = threading.get_ident()
@@ -433,41 +545,58 @@ class Flusher:
                 if not self._to_send:
                     return
                 batch = self._to_send.popleft()
-                self._changed.notify_all()
-            self._send(batch)
+                self._idle_senders -= 1
+            try:
+                self._send(batch)
+            finally:
+                with self._lock:
+                    self._idle_senders += 1
 
     def _send(self, batch: Batch) -> None:
         attempted = self._delivery.attempt_batch(batch)
-        for part in attempted.given_up:
-            self._give_up(part)
         with self._lock:
-            if attempted.unavailable is not None:
-                self._unavailable_error = attempted.unavailable
-                self._unsent.extend(attempted.unsent)
-                self._unsent.sort(key=lambda waiting: waiting.first)
-            self._retrying.extend(attempted.to_retry)
-            self._resume_at = max(self._resume_at, attempted.resume_at)
+            if self._in_flight.get(batch.first) is not batch:
+                # Given up at the shutdown deadline while under way: already settled.
+                return
             del self._in_flight[batch.first]
+            self._settle(attempted)
             self._count_held_events()
             self._changed.notify_all()
+        for part in attempted.given_up:
+            self._on_given_up(part)
+
+    def _settle(self, attempted: Attempted) -> None:
+        """Count and schedule what one attempt came to. Call with the lock held."""
+        for events, body_bytes in attempted.acknowledged:
+            self._counters.acknowledged(events, body_bytes)
+        self._count_given_up(attempted.given_up)
+        if attempted.unavailable is not None:
+            self._schedule.hold_unsent(attempted.unsent, attempted.unavailable, time.monotonic())
+        self._schedule.retry_later(attempted.to_retry)
+        self._schedule.pause_until(attempted.resume_at)
 
     # -- giving up and answering -------------------------------------------------------------
 
-    def _give_up(self, given_up: GivenUp) -> None:
-        if not given_up.events:
-            return
-        with self._lock:
+    def _count_given_up(self, given_up: list[GivenUp]) -> None:
+        """Count given-up events at once, under the lock, so that the counters add up at
+        every moment; the user's callbacks run later, outside it. Lock held."""
+        for part in given_up:
+            self._counters.given_up(len(part.events), failed=part.failed)
             for request in self._open_requests:
-                request.note_undelivered(given_up.first, len(given_up.events), given_up.error)
-        self._on_given_up(given_up)
+                request.note_undelivered(part.first, len(part.events), part.error)
+
+    def _give_up(self, given_up: list[GivenUp]) -> None:
+        with self._lock:
+            self._count_given_up(given_up)
+        for part in given_up:
+            self._on_given_up(part)
 
     def _give_up_held(self, reason: str, error: BaseException) -> None:
         """Give up the batches waiting for the API or for a retry."""
         with self._lock:
-            held = sorted(self._unsent + self._retrying, key=lambda batch: batch.first)
-            self._unsent = []
-            self._retrying = []
+            held = self._schedule.take_all()
             self._count_held_events()
+        given_up = []
         for batch in held:
             message = f"SegOps: {len(batch)} events undelivered: {error}"
             failure = SegOpsApiError(message, undelivered=len(batch))
@@ -477,46 +606,54 @@ class Flusher:
                 if reason == REASON_FAILED and batch.maybe_stored
                 else reason
             )
-            self._give_up(GivenUp.of_batch(batch, why, failure))
+            given_up.append(GivenUp.of_batch(batch, why, failure))
+        self._give_up(given_up)
 
     def _give_up_everything_left(self) -> None:
-        """The shutdown deadline passed: drop what waits, once the requests under way end."""
+        """The deadline has passed, or will before anything left could be sent: let the
+        requests under way end, until the deadline itself, then give up everything."""
         with self._lock:
-            self._changed.wait_for(lambda: not self._in_flight)
-            records = self._take_numbered()
-        self._give_up_held(REASON_SHUTDOWN_DEADLINE, SegOpsApiError("shutdown deadline passed"))
-        if records:
-            first = self._next_number - len(records)
-            error = SegOpsApiError("shutdown deadline passed", undelivered=len(records))
-            events = [render_event(record) for record in records]
-            self._give_up(GivenUp(events, REASON_SHUTDOWN_DEADLINE, error, first))
-            with self._lock:
-                del self._in_flight[first]
-        # Everything is finished now: whoever still waits in flush() has an answer.
-        self._answer(list(self._open_requests))
+            self._changed.wait_for(
+                lambda: not self._in_flight or self._abandoned, self._deadline.time_left()
+            )
+        self.abandon()
 
-    def _answer(self, requests: list[FlushRequest]) -> None:
+    def _answer(self, requests: list[FlushRequest], *, final: bool) -> None:
         if not requests:
             return
         with self._lock:
             finished = self._finished_watermark()
-            blocked = self._unavailable_error
+            blocked = self._schedule.unavailable_error
+            now = time.monotonic()
             answered = []
             for request in requests:
                 if finished >= request.target:
                     answered.append(request)
-                elif blocked is not None:
+                elif blocked is not None and (
+                    final
+                    or now >= request.patience_ends_at
+                    or isinstance(blocked, NetworkConfigError)
+                ):
+                    # The API stayed unreachable for as long as the retry schedule would
+                    # have waited for it, or it cannot be reached until the TLS or proxy
+                    # settings change: the events stay queued, the caller is told.
                     request.note_undelivered(finished, request.target - finished, blocked)
                     answered.append(request)
-                # Otherwise some of its events wait for a retry, or were still in the buffer
-                # when this cycle began (it only retried batches held back): a later cycle
-                # answers it.
+                # Otherwise some of its events wait for a retry or for the API, or were
+                # still in the buffer when this cycle began: a later cycle answers it.
             self._open_requests = [r for r in self._open_requests if r not in answered]
         for request in answered:
             request.finish()
 
     def _finished_watermark(self) -> int:
         """Every event numbered below this is finished. Call with the lock held."""
-        held = (*self._unsent, *self._retrying)
-        waiting = [*self._in_flight, *(batch.first for batch in held)]
+        waiting = [*self._in_flight, *(batch.first for batch in self._schedule)]
         return min(waiting) if waiting else self._next_number
+
+
+def _start_daemon(target: Callable[[], None], name: str) -> threading.Thread:
+    # Daemon: a process that exits without shutdown() must not wait for our threads; the
+    # exit hook has already given them their deadline.
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread

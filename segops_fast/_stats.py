@@ -69,15 +69,15 @@ class DeliveryCounters:
             self.batches += 1
             self.bytes_sent += body_bytes
 
-    def failed_in_flight(self, events: int) -> None:
+    def given_up(self, events: int, *, failed: bool) -> None:
+        """Taken events will not be delivered: ``failed`` (refused, or no request could be
+        made) or dropped (a shutdown deadline)."""
         with self._lock:
             self.in_flight -= events
-            self.failed += events
-
-    def dropped_in_flight(self, events: int) -> None:
-        with self._lock:
-            self.in_flight -= events
-            self.dropped += events
+            if failed:
+                self.failed += events
+            else:
+                self.dropped += events
 
     def refused_at_track(self, events: int) -> None:
         with self._lock:

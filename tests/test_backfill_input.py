@@ -75,3 +75,21 @@ def test_gzip_input_is_read_whole_and_resumes_from_an_uncompressed_position(
     assert whole == InputRange(str(path), 0, None)
     assert [line for line, _, _ in read_all(whole)] == [b"a", b"bb", b"ccc"]
     assert read_all(whole, 5) == [(b"ccc", 9, False)]
+
+
+def test_ranges_for_a_cluster_are_at_most_max_range_bytes_and_cover_each_file(
+    tmp_path: Path,
+) -> None:
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_bytes(b"".join(b"%08d\n" % n for n in range(10_000)))  # 90,000 bytes
+    small.write_bytes(b"".join(b"%08d\n" % n for n in range(100)))  # 900 bytes
+    ranges = plan_ranges([str(big), str(small)], 2, max_range_bytes=10_000)
+    on_big = [r for r in ranges if r.path == str(big)]
+    on_small = [r for r in ranges if r.path == str(small)]
+    # The big file in 9 ranges of about 10,000 bytes (cut at line starts, 9 bytes apart);
+    # the small one in the 2 asked for.
+    assert len(on_big) == 9
+    assert all(abs((r.end or 0) - r.start - 10_000) < 9 for r in on_big)
+    assert [(r.start, r.end) for r in on_small] == [(0, 450), (450, 900)]
+    lines = [line for part in ranges for line, _, _ in read_all(part)]
+    assert lines == [b"%08d" % n for n in range(10_000)] + [b"%08d" % n for n in range(100)]

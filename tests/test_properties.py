@@ -76,9 +76,9 @@ class BufferAgainstAModel(RuleBasedStateMachine):
         self.taken_total += len(taken)
         self.model = []
 
-    @rule()
-    def arm(self) -> None:
-        self.buffer.arm()
+    @rule(first_event=st.booleans())
+    def arm(self, first_event: bool) -> None:
+        self.buffer.arm(first_event=first_event)
 
     @rule()
     def disarm(self) -> None:
@@ -109,10 +109,23 @@ def test_an_armed_buffer_wakes_its_consumer_once_per_batch() -> None:
     )
     buffer.append((None, b"}"))  # the first event starts the consumer
     buffer.take()
-    buffer.arm()
+    buffer.arm(first_event=False)
     for _ in range(12):
         buffer.append((None, b"}"))
     assert wakes == [1, 5]
+
+
+def test_an_idle_consumer_is_woken_by_the_next_event_alone() -> None:
+    wakes: list[int] = []
+    buffer = EventBuffer(
+        capacity=100, batch_size=5, on_batch_ready=lambda: wakes.append(len(buffer))
+    )
+    buffer.append((None, b"}"))
+    buffer.take()
+    buffer.arm(first_event=True)
+    for _ in range(12):
+        buffer.append((None, b"}"))
+    assert wakes == [1, 1]
 
 
 @settings(max_examples=200, deadline=None)

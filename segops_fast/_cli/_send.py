@@ -1,9 +1,10 @@
 """``segops-fast send``: a backfill of JSON Lines files (or stdin) into SegOps.
 
 This module owns the command line: arguments and their environment variables, usage
-errors (exit 2), Ctrl-C (stop reading, let requests under way end, save the checkpoint,
-exit 130), the progress bar on a terminal, and the one JSON summary on stdout. The work
-itself is :class:`~segops_fast.backfill._job.Job`'s.
+errors (exit 2, among them an input that a Dask worker cannot read), Ctrl-C (stop
+reading, let requests under way end, save the checkpoint, exit 130), the progress bar on
+a terminal, and the one JSON summary on stdout. The work itself is
+:class:`~segops_fast.backfill._job.Job`'s.
 
 Exit status: 0 every event sent; 1 some events failed or were invalid; 2 usage error;
 130 interrupted (after saving the checkpoint).
@@ -24,7 +25,7 @@ import orjson
 from .._options import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_EVENT_BYTES
 from ..backfill._checkpoint import CheckpointMismatchError
 from ..backfill._engine import DEFAULT_CONCURRENCY, SendSettings
-from ..backfill._input import STDIN, input_size
+from ..backfill._input import STDIN, InputError, input_problem, input_size, is_stream
 from ..backfill._job import Job, JobSettings
 from ._progress import Progress
 
@@ -59,6 +60,12 @@ def add_parser(commands: Any) -> None:
         help="parse and send on this many cores; plain files are split at line boundaries",
     )
     parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the byte ranges as tasks on the Dask cluster whose scheduler is at ADDRESS "
+        "(tcp://host:8786); the files must be at the same path on every worker",
+    )
+    parser.add_argument(
         "--rate", type=float, default=None, help="at most this many events/s in all"
     )
     parser.add_argument(
@@ -66,6 +73,18 @@ def add_parser(commands: Any) -> None:
         type=int,
         default=DEFAULT_MAX_BATCH_BYTES,
         help=f"largest request body (default {DEFAULT_MAX_BATCH_BYTES})",
+    )
+    parser.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="send through this HTTP proxy (http://[user:password@]host:port); '' for none; "
+        "default: $https_proxy / $http_proxy and $no_proxy, as urllib reads them",
+    )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="gzip request bodies (Content-Encoding: gzip)",
     )
     parser.add_argument(
         "--dead-letter",
@@ -88,7 +107,9 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"segops-fast send: error: {error}", file=sys.stderr)
         return 2
     progress = Progress(
-        total_bytes=None if STDIN in inputs else sum(input_size(path) or 0 for path in inputs),
+        total_bytes=None
+        if any(is_stream(path) for path in inputs)
+        else sum(input_size(path) or 0 for path in inputs),
         stream=sys.stderr,
     )
     job.on_progress = progress.update
@@ -102,6 +123,9 @@ def run(arguments: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         totals = job.run()
+    except InputError as error:
+        print(f"segops-fast send: error: {error}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGINT, previous)
         progress.close()
@@ -117,6 +141,8 @@ def run(arguments: argparse.Namespace) -> int:
         "errors": job.errors,
     }
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    for message in dict.fromkeys(job.errors):
+        print(f"segops-fast send: error: {message}", file=sys.stderr)
     if job.interrupted:
         return EXIT_INTERRUPTED
     return 1 if totals.failed or totals.invalid or job.errors else 0
@@ -132,14 +158,24 @@ def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:
     if inputs.count(STDIN) > 1 or (STDIN in inputs and len(inputs) > 1):
         raise ValueError("stdin ('-') cannot be read along with files")
     for path in inputs:
-        if path != STDIN and not os.path.isfile(path):
-            raise ValueError(f"no such file: {path}")
+        problem = None if path == STDIN else input_problem(path)
+        if problem:
+            raise ValueError(problem)
+        if arguments.dask and is_stream(path):
+            raise ValueError(
+                f"{path} is a stream (stdin, a pipe or a device), which Dask workers cannot "
+                "read: write it to a file that every worker can read, or send it without --dask"
+            )
+    if arguments.dask and arguments.processes != 1:
+        raise ValueError("--processes and --dask exclude each other: the cluster's workers send")
     send = SendSettings(
         api_url=arguments.api_url.rstrip("/"),
         api_key=arguments.api_key,
         concurrency=arguments.concurrency,
         batch_bytes=arguments.batch_bytes,
         rate=arguments.rate,
+        proxy=arguments.proxy,
+        compression="gzip" if arguments.compress else None,
     )
     send.check()
     settings = JobSettings(
@@ -149,6 +185,7 @@ def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:
         max_event_bytes=DEFAULT_MAX_EVENT_BYTES,
         checkpoint_path=arguments.checkpoint,
         dead_letter_path=arguments.dead_letter,
+        dask_address=arguments.dask,
     )
     try:
         return Job(settings)

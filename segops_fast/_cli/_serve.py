@@ -11,7 +11,13 @@ from typing import Any
 
 import orjson
 
-from ..testing import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, LocalIngestServer, PublicKey
+from ..testing import (
+    DEFAULT_PUBLIC_KEY,
+    DEFAULT_SECRET_KEY,
+    LocalIngestServer,
+    PublicKey,
+    ServerTLS,
+)
 
 
 def add_parser(commands: Any) -> None:
@@ -19,7 +25,8 @@ def add_parser(commands: Any) -> None:
         "serve",
         help="run a local SegOps ingest server (for tests and demos)",
         description="Serve the SegOps ingestion API on 127.0.0.1 until SIGINT or SIGTERM; "
-        "the first line printed is 'listening on URL', the last the counts as JSON.",
+        "the first line printed is 'listening on URL' (with --tls, the second is "
+        "'ca_certs PATH', the CA bundle clients should trust), the last the counts as JSON.",
     )
     parser.add_argument("--port", type=int, default=8008, help="0 picks a free port (default 8008)")
     parser.add_argument(
@@ -48,6 +55,13 @@ def add_parser(commands: Any) -> None:
         metavar="SECONDS",
         help="wait this long before answering each ingest request (default 0)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a certificate for 127.0.0.1 from a new test CA (needs trustme)",
+    )
+    parser.add_argument("--certfile", help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--keyfile", help="...and this PEM key (if not in --certfile)")
     parser.set_defaults(run=run)
 
 
@@ -59,10 +73,16 @@ def run(arguments: argparse.Namespace) -> int:
             hmac_secret=secret or None,
             require_signed_user_id=bool(secret) and arguments.require_signed,
         )
+    tls = None
+    if arguments.certfile:
+        tls = ServerTLS(arguments.certfile, arguments.keyfile)
+    elif arguments.tls:
+        tls = ServerTLS.for_loopback()
     server = LocalIngestServer(
         port=arguments.port,
         secret_keys=tuple(arguments.secret_keys or [DEFAULT_SECRET_KEY]),
         public_keys=public_keys,
+        tls=tls,
     )
     server.faults.latency = arguments.latency
     # The server keeps every event it stores, as dicts; a full collection walks all of them,
@@ -75,6 +95,8 @@ def run(arguments: argparse.Namespace) -> int:
         signal.signal(signal_number, lambda *_: stop.set())
     with server:
         print(f"listening on {server.url}", flush=True)
+        if tls is not None and tls.ca_certs is not None:
+            print(f"ca_certs {tls.ca_certs}", flush=True)
         while not stop.wait(0.5):
             pass
         sys.stdout.write(orjson.dumps(server.summary()).decode() + "\n")

@@ -83,13 +83,15 @@ class Checkpoint:
         return cls(path, batch_bytes, ranges, document["dead_letter_bytes"]), True
 
     def save(self) -> None:
+        # Each input named once, not once per range: thousands of ranges on a cluster.
+        identities = {path: input_identity(path) for path in {p.range.path for p in self.ranges}}
         document: dict[str, Any] = {
             "format": FORMAT,
             "batch_bytes": self.batch_bytes,
             "dead_letter_bytes": self.dead_letter_bytes,
             "ranges": [
                 {
-                    "path": input_identity(progress.range.path),
+                    "path": identities[progress.range.path],
                     "start": progress.range.start,
                     "end": progress.range.end,
                     "done": progress.done,

@@ -45,8 +45,9 @@ from .._options import (
     at_least,
     positive,
 )
+from .._proxy import resolve_proxy
 from .._stats import DeliveryCounters
-from .._transport import Transport
+from .._transport import COMPRESSIONS, NetworkConfigError, Transport
 
 _BODY_ENVELOPE_BYTES = len(b'{"events":[]}')
 #: Requests in flight per process: enough to keep a local server busy while this process
@@ -68,6 +69,9 @@ class SendSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff_base: float = DEFAULT_BACKOFF_BASE
     backoff_cap: float = DEFAULT_BACKOFF_CAP
+    #: As the client's options: None takes the proxy from the environment, "" is none.
+    proxy: str | None = None
+    compression: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first unusable setting."""
@@ -88,6 +92,9 @@ class SendSettings:
         at_least("max_retries", self.max_retries, 0)
         positive("backoff_base", self.backoff_base)
         at_least("backoff_cap", self.backoff_cap, self.backoff_base)
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        resolve_proxy(self.proxy, self.api_url)
 
 
 @dataclass
@@ -138,8 +145,15 @@ class StreamSender:
         self._on_failed = on_failed
         self._on_settled = on_settled
         self._transport = Transport(
-            settings.api_url, timeout=settings.timeout, max_connections=settings.concurrency
+            settings.api_url,
+            timeout=settings.timeout,
+            max_connections=settings.concurrency,
+            proxy=resolve_proxy(settings.proxy, settings.api_url),
+            compression=settings.compression,
         )
+        #: Why the engine stopped by itself: TLS or the proxy refused every connection,
+        #: which waiting does not fix. None otherwise.
+        self.error: str | None = None
         self._policy = RetryPolicy(
             settings.max_retries, settings.backoff_base, settings.backoff_cap
         )
@@ -302,6 +316,12 @@ class StreamSender:
             batches[0:1] = sorted(
                 attempted.to_retry + attempted.unsent, key=lambda batch: batch.first
             )
+            if isinstance(attempted.unavailable, NetworkConfigError):
+                # TLS or the proxy refused: nothing was sent, and nothing will be until
+                # the configuration changes. Stop (unsettled, for a resume) and say why.
+                self.error = str(attempted.unavailable)
+                self.stop()
+                return
             if attempted.unavailable is not None:
                 # Nothing of these was sent: wait for the API as long as it takes, until
                 # stopped. Reading waits too, once every sender is busy.

@@ -1,11 +1,12 @@
 """A whole backfill from files: the plan, the worker processes, dead letters and checkpoint.
 
 This module owns the coordinator: it plans (or, from a checkpoint, resumes) the input
-ranges, runs them in this process or spread over worker processes, and applies what the
-workers report: totals, the dead-letter file, the checkpoint (saved at most once a second
-and at the end, after the dead letters it covers are on disk), and progress for whoever
-shows it. It does not parse arguments, draw anything or install signal handlers: the CLI
-does, and asks it to stop through :meth:`Job.request_stop`.
+ranges, runs them in this process, spread over worker processes, or as tasks on a Dask
+cluster (``_dask_ranges``), and applies, here, what the workers report: totals, the
+dead-letter file, the checkpoint (saved at most once a second and at the end, after the
+dead letters it covers are on disk), and progress for whoever shows it. It does not
+parse arguments, draw anything or install signal handlers: the CLI does, and asks it to
+stop through :meth:`Job.request_stop`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from ._checkpoint import Checkpoint, RangeProgress
 from ._engine import SendSettings
-from ._input import InputRange, plan_ranges
+from ._input import InputRange, input_identity, is_stream, plan_ranges
 from ._worker import Message, run_in_worker_process, send_ranges
 
+if TYPE_CHECKING:
+    from ._dask_ranges import DaskRunner
+
 _CHECKPOINT_EVERY_SECONDS = 1.0
+#: On Dask, each file is split into this many ranges for each worker thread, at least...
+_DASK_RANGES_PER_THREAD = 4
+#: ...and into ranges of at most this many bytes: a task run again after its worker died
+#: sends at most this much again.
+_DASK_RANGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class JobSettings:
     max_event_bytes: int
     checkpoint_path: str | None
     dead_letter_path: str | None
+    #: The scheduler of a Dask cluster to run the ranges on, instead of ``processes``.
+    dask_address: str | None = None
 
 
 @dataclass
@@ -66,7 +77,24 @@ class Job:
         self.on_progress: OnProgress = lambda totals: None
         self._stop_requested = False
         self._lock = threading.Lock()
-        plan = plan_ranges(settings.inputs, settings.processes)
+        self._dask = None if settings.dask_address is None else _connect(settings)
+        try:
+            self._start()
+        except BaseException:
+            if self._dask is not None:
+                self._dask.close()
+            raise
+
+    def _start(self) -> None:
+        settings = self.settings
+        if self._dask is None:
+            plan = plan_ranges(settings.inputs, settings.processes)
+        else:
+            plan = plan_ranges(
+                settings.inputs,
+                _DASK_RANGES_PER_THREAD * self._dask.threads,
+                max_range_bytes=_DASK_RANGE_BYTES,
+            )
         if settings.checkpoint_path is None:
             self._checkpoint: Checkpoint | None = None
             self._ranges = [RangeProgress(input_range, input_range.start) for input_range in plan]
@@ -78,6 +106,8 @@ class Job:
             self._ranges = self._checkpoint.ranges
         self._dead_letters = self._open_dead_letters()
         self._last_save = 0.0
+        #: Something the checkpoint does not hold yet has been applied.
+        self._unsaved = False
 
     @property
     def interrupted(self) -> bool:
@@ -96,7 +126,25 @@ class Job:
             if not progress.finished
         ]
         try:
-            if self.settings.processes == 1 or len(to_do) <= 1:
+            if self._dask is not None:
+                # The workers are told each input's real path: their directory is not ours.
+                self.errors += self._dask.run(
+                    [
+                        (index, dataclasses.replace(part, path=input_identity(part.path)), start)
+                        for index, part, start in to_do
+                    ],
+                    settings=self.settings.send,
+                    max_event_bytes=self.settings.max_event_bytes,
+                    apply=self._apply,
+                    save=lambda: self._save(force=False),
+                    should_stop=lambda: self._stop_requested,
+                )
+            elif (
+                self.settings.processes == 1
+                or len(to_do) <= 1
+                # A stream can be read only here (and once): everything is, in turn.
+                or any(is_stream(input_range.path) for _, input_range, _ in to_do)
+            ):
                 send_ranges(
                     to_do,
                     settings=self.settings.send,
@@ -110,6 +158,8 @@ class Job:
             self._save(force=True)
             if self._dead_letters is not None:
                 self._dead_letters.close()
+            if self._dask is not None:
+                self._dask.close()
         return self.totals
 
     # -- worker processes ----------------------------------------------------------------------
@@ -168,6 +218,7 @@ class Job:
 
     def _apply(self, message: Message) -> None:
         kind, index = message[0], message[1]
+        self._unsaved = self._unsaved or kind != "read"
         if kind == "settled":
             _, _, watermark, sent, failed = message
             self._ranges[index].done = watermark
@@ -234,12 +285,27 @@ class Job:
         if checkpoint is None:
             return
         now = time.monotonic()
-        if not force and now - self._last_save < _CHECKPOINT_EVERY_SECONDS:
+        if not force and (not self._unsaved or now - self._last_save < _CHECKPOINT_EVERY_SECONDS):
             return
         self._last_save = now
+        self._unsaved = False
         if self._dead_letters is not None:
             # The checkpoint may only cover dead letters that are on disk.
             self._dead_letters.flush()
             os.fsync(self._dead_letters.fileno())
             checkpoint.dead_letter_bytes = self._dead_letters.tell()
         checkpoint.save()
+
+
+def _connect(settings: JobSettings) -> DaskRunner:
+    """The cluster at ``settings.dask_address``, once every worker can read every input."""
+    from ._dask_ranges import DaskRunner  # noqa: PLC0415 (the dask extra, only when asked for)
+
+    assert settings.dask_address is not None
+    runner = DaskRunner(settings.dask_address)
+    try:
+        runner.check_inputs([input_identity(path) for path in settings.inputs])
+    except BaseException:
+        runner.close()
+        raise
+    return runner

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .._delivery import GivenUp
-from .._errors import InvalidEventError
+from .._errors import InvalidEventError, SegOpsApiError
 from .._options import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
@@ -72,7 +72,8 @@ def send_events(
     Idempotency-Key: two different inputs must have different sources. ``on_failed``
     receives the events given up (refused, or retries exhausted) with the reason;
     ``on_invalid`` each event that is not valid, with what is wrong with it. Invalid
-    settings raise ``ValueError``. While the API cannot be reached, it waits.
+    settings raise ``ValueError``. While the API cannot be reached, it waits; when TLS or
+    the proxy refuses the connection, it raises :class:`~segops_fast.SegOpsApiError`.
     """
     settings = SendSettings(
         api_url=api_url,
@@ -99,6 +100,7 @@ def send_events(
     began = time.monotonic()
     sender = StreamSender(settings, source=source, start=0, on_failed=hand_over, on_settled=count)
     invalid = 0
+    position = 0
     try:
         for position, event in enumerate(events, 1):
             try:
@@ -116,4 +118,7 @@ def send_events(
         raise
     finally:
         sender.finish()
+    if sender.error is not None:
+        # TLS or the proxy refused the connection: waiting would never end.
+        raise SegOpsApiError(sender.error, undelivered=position - sum(totals.values()) - invalid)
     return Summary(totals["sent"], totals["failed"], invalid, time.monotonic() - began)

@@ -21,7 +21,7 @@ from .._delivery import GivenUp
 from .._encoding import Record, encode_event, event_fields
 from .._errors import InvalidEventError
 from ._engine import SendSettings, Settled, StreamSender
-from ._input import InputRange, RangeReader, input_identity, lines_before
+from ._input import InputRange, RangeReader, input_identity
 
 #: A message to the coordinator: ``(kind, range index, *details)``; see :class:`Report`.
 Message = tuple[Any, ...]
@@ -83,7 +83,7 @@ def send_ranges(
     for index, input_range, start in assigned:
         if should_stop():
             return
-        _send_range(
+        refused = _send_range(
             index,
             input_range,
             start,
@@ -92,6 +92,9 @@ def send_ranges(
             report=report,
             should_stop=should_stop,
         )
+        if refused:
+            # TLS or the proxy refused: every other range would be refused the same way.
+            return
 
 
 def _send_range(
@@ -103,7 +106,9 @@ def _send_range(
     max_event_bytes: int,
     report: Report,
     should_stop: Callable[[], bool],
-) -> None:
+) -> bool:
+    """Send one range; True if TLS or the proxy refused the connection (then it stops)."""
+
     def on_failed(given_up: GivenUp) -> None:
         report(("failed", index, given_up.events, given_up.reason, str(given_up.error)))
 
@@ -120,7 +125,6 @@ def _send_range(
         on_settled=on_settled,
         should_stop=should_stop,
     )
-    line_numbers = _LineNumbers(input_range, start)
     # From the range's start, so that a resumed run's bar begins where the last one ended.
     read_so_far = input_range.start
     end = start
@@ -132,12 +136,12 @@ def _send_range(
                 consumed = reader.consumed()
                 report(("read", index, consumed - read_so_far))
                 read_so_far = consumed
-                if should_stop():
+                if should_stop() or sender.stopped:
                     sender.stop()
                     break
             if too_long:
                 reason = f"line is longer than {len(line)} bytes"
-                report(("invalid", index, line_numbers.number(lines), line[:1024], reason))
+                report(("invalid", index, reader.lines_before_start() + lines, line[:1024], reason))
                 sender.pass_over(end)
                 continue
             try:
@@ -149,32 +153,20 @@ def _send_range(
                         if isinstance(error, InvalidEventError)
                         else (f"not JSON: {error}")
                     )
-                    report(("invalid", index, line_numbers.number(lines), line, reason))
+                    report(("invalid", index, reader.lines_before_start() + lines, line, reason))
                 sender.pass_over(end)
                 continue
             sender.add(record, end)
         else:
             report(("read", index, reader.consumed() - read_so_far))
         sender.finish()
-        if not sender.stopped and sender.watermark == end:
+        if sender.error is not None:
+            report(("error", index, sender.error))
+        elif not sender.stopped and sender.watermark == end:
             report(("finished", index, end))
     finally:
         reader.close()
-
-
-class _LineNumbers:
-    """Line numbers in the whole file, counting the lines before the range's start only
-    when a dead letter first needs one (a range in the middle of a 5 GB file)."""
-
-    def __init__(self, input_range: InputRange, start: int) -> None:
-        self._range = input_range
-        self._start = start
-        self._before: int | None = None
-
-    def number(self, line_in_range: int) -> int:
-        if self._before is None:
-            self._before = lines_before(self._range.path, self._start)
-        return self._before + line_in_range
+    return sender.error is not None
 
 
 def run_in_worker_process(

@@ -1,7 +1,8 @@
 """Test support: a real SegOps ingest server on loopback.
 
 ``LocalIngestServer`` runs in the current process (threads); ``IngestServerProcess``
-runs the same server as ``segops-fast serve`` in a child process.
+runs the same server as ``segops-fast serve`` in a child process. ``ServerTLS`` makes
+either speak HTTPS.
 """
 
 from ._faults import Faults
@@ -13,6 +14,7 @@ from ._server import (
     PublicKey,
     ReceivedEvent,
 )
+from ._tls import ServerTLS
 
 __all__ = [
     "DEFAULT_PUBLIC_KEY",
@@ -22,4 +24,5 @@ __all__ = [
     "LocalIngestServer",
     "PublicKey",
     "ReceivedEvent",
+    "ServerTLS",
 ]

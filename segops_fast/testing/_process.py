@@ -30,6 +30,9 @@ class IngestServerProcess:
         ]
         self._process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        #: With ``--tls``: the CA bundle that verifies the server's certificate.
+        self.ca_certs: str | None = None
+        self._http = urllib3.PoolManager()
 
     def start(self) -> IngestServerProcess:
         self._process = subprocess.Popen(self._arguments, stdout=subprocess.PIPE)
@@ -40,6 +43,10 @@ class IngestServerProcess:
             self.stop()
             raise RuntimeError(f"segops-fast serve did not start: {first_line!r}")
         self.url = first_line.split()[-1]
+        if "--tls" in self._arguments:
+            # The second line names the test CA's bundle: "ca_certs PATH".
+            self.ca_certs = self._process.stdout.readline().decode().strip().split(" ", 1)[1]
+            self._http = urllib3.PoolManager(ca_certs=self.ca_certs)
         return self
 
     @property
@@ -61,10 +68,12 @@ class IngestServerProcess:
 
     def reset(self) -> None:
         """:meth:`LocalIngestServer.reset` of the server process."""
-        urllib3.request("POST", self.url + "/_local/reset", body=b"", timeout=30.0, retries=False)
+        self._http.request(
+            "POST", self.url + "/_local/reset", body=b"", timeout=30.0, retries=False
+        )
 
     def _get(self, path: str) -> Any:
-        response = urllib3.request("GET", self.url + path, timeout=30.0, retries=False)
+        response = self._http.request("GET", self.url + path, timeout=30.0, retries=False)
         return orjson.loads(response.data)
 
     def stop(self) -> None:

@@ -9,20 +9,26 @@ malformed requests and 401 for bad credentials, and a record of every event with
 
 It speaks HTTP/1.1 with keep-alive and TCP_NODELAY on every connection: without the
 latter, Nagle's algorithm and delayed ACKs stall each keep-alive response by ~40 ms and
-the server, not the client, is what a benchmark measures.
+the server, not the client, is what a benchmark measures. With ``tls`` it speaks HTTPS
+(see :mod:`._tls`), counting handshakes, so that tests can tell a reused connection from
+a new one. Bodies sent with ``Content-Encoding: gzip`` are decompressed; a broken one is
+answered 400.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import hmac
 import secrets
 import socket
+import ssl
 import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +38,7 @@ from typing import Any
 import orjson
 
 from ._faults import HANG, RESET_AFTER_STORE, RESET_BEFORE_BODY, STATUS, Faults
+from ._tls import ServerTLS
 
 #: Accepted as a secret key unless the server is told otherwise.
 DEFAULT_SECRET_KEY = "sk_test_local"
@@ -85,6 +92,12 @@ class _Record:
     sessions_minted: int = 0
     #: Ingest requests that met a scripted fault instead of a plain answer.
     faults_acted: int = 0
+    #: TLS handshakes completed and failed (with ``tls`` only): one per connection.
+    tls_handshakes: int = 0
+    tls_handshake_failures: int = 0
+    #: Requests whose body came gzipped, and the largest body of any request once decoded.
+    gzip_requests: int = 0
+    largest_body: int = 0
 
 
 class LocalIngestServer:
@@ -101,8 +114,12 @@ class LocalIngestServer:
         secret_keys: tuple[str, ...] = (DEFAULT_SECRET_KEY,),
         public_keys: Mapping[str, PublicKey] | None = None,
         token_ttl: float = 3600.0,
+        tls: ServerTLS | None = None,
     ) -> None:
         self._requested_port = port
+        #: HTTPS when given: ``ServerTLS.for_loopback()`` makes a certificate for
+        #: 127.0.0.1 from a test CA (its bundle: ``server.tls.ca_certs``).
+        self.tls = tls
         self.secret_keys = frozenset(secret_keys)
         self.public_keys: dict[str, PublicKey] = dict(
             {DEFAULT_PUBLIC_KEY: PublicKey()} if public_keys is None else public_keys
@@ -122,7 +139,8 @@ class LocalIngestServer:
     def start(self) -> LocalIngestServer:
         if self._http is not None:
             raise RuntimeError("LocalIngestServer is already running")
-        self._http = _HTTPServer(("127.0.0.1", self._requested_port), _Handler, self)
+        context = None if self.tls is None else self.tls.context()
+        self._http = _HTTPServer(("127.0.0.1", self._requested_port), _Handler, self, context)
         # Later restarts reuse the port, so the client's URL stays valid across an outage.
         self._requested_port = self._http.server_address[1]
         self._thread = threading.Thread(
@@ -158,7 +176,8 @@ class LocalIngestServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # -- what tests read ---------------------------------------------------------------
 
@@ -184,6 +203,29 @@ class LocalIngestServer:
     def request_count(self) -> int:
         with self._lock:
             return self._record.requests
+
+    @property
+    def tls_handshakes(self) -> int:
+        """TLS handshakes completed, one per connection a client opened."""
+        with self._lock:
+            return self._record.tls_handshakes
+
+    @property
+    def gzip_requests(self) -> int:
+        """Requests that came with ``Content-Encoding: gzip`` (and decoded)."""
+        with self._lock:
+            return self._record.gzip_requests
+
+    @property
+    def largest_body(self) -> int:
+        """The largest request body received, in bytes, after decoding any gzip."""
+        with self._lock:
+            return self._record.largest_body
+
+    @property
+    def tls_handshake_failures(self) -> int:
+        with self._lock:
+            return self._record.tls_handshake_failures
 
     def wait_for_events(self, count: int, timeout: float) -> bool:
         """Wait until at least ``count`` events are stored; False if ``timeout`` passes first."""
@@ -266,6 +308,21 @@ class LocalIngestServer:
             with self._lock:
                 self._record.rejected_requests += 1
         return status, answer
+
+    def _handshake(self, succeeded: bool) -> None:
+        with self._lock:
+            if succeeded:
+                self._record.tls_handshakes += 1
+            else:
+                self._record.tls_handshake_failures += 1
+
+    def _received_gzip(self) -> None:
+        with self._lock:
+            self._record.gzip_requests += 1
+
+    def _received_body(self, size: int) -> None:
+        with self._lock:
+            self._record.largest_body = max(self._record.largest_body, size)
 
     def _fault_acted(self) -> None:
         with self._lock:
@@ -425,11 +482,28 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], handler: type, owner: LocalIngestServer) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type,
+        owner: LocalIngestServer,
+        tls: ssl.SSLContext | None,
+    ) -> None:
         self.owner = owner
+        self.tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; with TLS, wrap the socket, leaving the handshake to the handler's thread
+        (a slow or failing client must not hold up the accepting one)."""
+        connection, address = super().get_request()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -443,7 +517,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Quiet about clients that went away (a timed-out retry, a staged reset)."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
             return
         super().handle_error(request, client_address)
 
@@ -460,6 +534,18 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _HTTPServer
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10.0)
+            try:
+                self.request.do_handshake()
+            except (OSError, ssl.SSLError):
+                self.server.owner._handshake(succeeded=False)
+                raise
+            self.server.owner._handshake(succeeded=True)
+            self.request.settimeout(None)
+        super().setup()
 
     def do_POST(self) -> None:
         self._serve("POST")
@@ -487,6 +573,15 @@ class _Handler(BaseHTTPRequestHandler):
                     self._reset_connection()
                     return
         body = self.rfile.read(int(length)) if length else b""
+        if self.headers.get("Content-Encoding", "").lower() == "gzip":
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError, zlib.error):
+                owner._rejected()
+                self._respond(400, {"detail": "Content-Encoding: gzip, but the body is not gzip"})
+                return
+            owner._received_gzip()
+        owner._received_body(len(body))
         if fault is not None and fault.kind == STATUS:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             self._respond(fault.status, {"detail": "a scripted fault"}, extra)

@@ -1,0 +1,463 @@
+"""What an analytics client costs a real web app: requests/s and latency under HTTP load.
+
+    pip install -e ".[dev,bench]" uvicorn     # and wrk (apt install wrk)
+    python bench/app_overhead.py              # about 20 minutes; writes results/app_overhead.*
+    python bench/app_overhead.py --seconds 3 --rounds 1 --servers uvicorn --rows segops_fast
+
+Real servers, one worker each: gunicorn's sync worker, gunicorn's gthread worker (4
+threads) and uvicorn (``bench/app_servers.py``). Each serves a minimal app
+(``bench/apps/``) that answers ``ok`` after tracking N events per request (N = 1 and 10)
+through one row's client, with that client's own default settings, pointed at one
+LocalIngestServer. The rows (``bench/apps/tracking.py``): ``none`` (no analytics),
+``floor`` (an empty function of track()'s signature), ``essence`` (the event's dict,
+``orjson.dumps``, the clock, a bounded deque: what any client must do), then segops_fast,
+segops 0.2.2, segment 2.4.0 and posthog 7.91.1.
+
+Each measurement starts the app server afresh, warms it up with ``--warmup`` seconds of
+load, then runs ``wrk -t1 -c4 -d{seconds}s --latency``. It reads the worker process's CPU
+time (all its threads) from ``/proc`` before and after, asks the worker how many events it
+tracked, stops the server gracefully (SIGTERM: clients flush as they do at exit; the
+peers whose documentation asks for an explicit shutdown get one) and then counts, at the
+ingest server, the events stored (total and distinct) and the requests received.
+
+Placement (``bench/placement.py``): the app server on one CPU; the ingest server, wrk
+and this script on the other. Within a round, every row runs for each server and N, one
+after the other, in an order that rotates from round to round, so that the machine's
+drift hits all rows alike; each figure is the median of its rounds, and "vs none"
+compares with ``none`` in the same round. ``none`` always runs.
+
+Writes ``app_overhead.json``, ``app_overhead.md`` (a table per server and N, and the
+targets of the performance issue) and ``app_overhead.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import wrk
+from app_servers import SERVERS, AppServer, serving
+from apps.tracking import DELIVERING_ROWS, ESSENCE, NONE, POSTHOG, ROWS, SEGMENT, SEGOPS
+from clients import SEGOPS_FAST
+from placement import describe, on_cpus, server_and_client_cpus
+from proc_usage import process_cpu_seconds
+
+from segops_fast.testing import IngestServerProcess
+
+RESULTS = Path(__file__).parent / "results"
+PEERS = (SEGOPS, SEGMENT, POSTHOG)
+DEFAULT_EVENTS_PER_REQUEST = (1, 10)
+
+#: The performance issue's targets, relative to the essence row.
+EXTRA_LOSS_POINTS_AT_ONE_EVENT = 0.5
+P99_RATIO_AT_ONE_EVENT = 1.10
+LOSS_RATIO_AT_TEN_EVENTS = 1.2
+
+
+def measure(
+    ingest: IngestServerProcess,
+    server: AppServer,
+    row: str,
+    events_per_request: int,
+    *,
+    seconds: float,
+    warmup: float,
+    app_cpus: set[int] | None,
+) -> dict[str, Any]:
+    """One app server, one row, one load run; the ingest server's count after it stopped."""
+    ingest.reset()
+    with contextlib.ExitStack() as stack:
+        with on_cpus(app_cpus):
+            app = stack.enter_context(serving(server, row, events_per_request, ingest.url))
+        target = app.url + "/"
+        wrk.run(target, warmup)
+        cpu_before = process_cpu_seconds(app.worker_pid)
+        load = wrk.run(target, seconds)
+        cpu_seconds = process_cpu_seconds(app.worker_pid) - cpu_before
+        tracked = app.tracked()
+        exit_status = app.stop()
+    stored = ingest.summary()
+    return {
+        "requests": load.requests,
+        "requests_per_second": load.requests_per_second,
+        "p50_us": load.p50_us,
+        "p99_us": load.p99_us,
+        "load_errors": load.errors,
+        "cpu_us_per_request": cpu_seconds / load.requests * 1e6 if load.requests else 0.0,
+        "tracked": tracked,
+        "stored": stored["events"],
+        "stored_distinct": stored["unique_events"],
+        "ingest_requests": stored["requests"],
+        "graceful_exit": exit_status == server.graceful_exit_status,
+    }
+
+
+def _measure_answered(
+    ingest: IngestServerProcess,
+    server: AppServer,
+    row: str,
+    events_per_request: int,
+    **settings: Any,
+) -> dict[str, Any]:
+    """:func:`measure`, once more if the app answered no request under load.
+
+    Seen once in a full run, gunicorn's sync worker answered the warm-up and then nothing
+    for the whole window, with no error at wrk: a stall of the machine or the server, not
+    a figure of the row. The retry is counted and reported.
+    """
+    result = measure(ingest, server, row, events_per_request, **settings)
+    if result["requests"] == 0:
+        print(f"{server.name} {events_per_request}/request {row}: no request answered;"
+              " measuring again", file=sys.stderr, flush=True)  # fmt: skip
+        result = measure(ingest, server, row, events_per_request, **settings)
+        result["retried"] = True
+    return result
+
+
+def _rotated(rows: list[str], round_number: int) -> list[str]:
+    """The rows in an order that starts one later each round: no row is always first."""
+    shift = round_number % len(rows)
+    return rows[shift:] + rows[:shift]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure, and how long."""
+
+    servers: list[str]
+    rows: list[str]
+    events_per_request: list[int]
+    seconds: float
+    warmup: float
+    rounds: int
+
+
+def run_rounds(plan: Plan) -> dict[str, Any]:
+    ingest_cpus, app_cpus = server_and_client_cpus()
+    servers, rows, events_per_request = plan.servers, plan.rows, plan.events_per_request
+    seconds, rounds = plan.seconds, plan.rounds
+    measured: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
+        server: {str(n): {row: [] for row in rows} for n in events_per_request}
+        for server in servers
+    }
+    # This script, the ingest server and wrk share one CPU; the app server has the other.
+    with on_cpus(ingest_cpus), IngestServerProcess() as ingest:
+        for round_number in range(rounds):
+            for server in servers:
+                for n in events_per_request:
+                    for row in _rotated(rows, round_number):
+                        result = _measure_answered(
+                            ingest,
+                            SERVERS[server],
+                            row,
+                            n,
+                            seconds=seconds,
+                            warmup=plan.warmup,
+                            app_cpus=app_cpus,
+                        )
+                        measured[server][str(n)][row].append(result)
+                        print(
+                            f"round {round_number + 1}/{rounds} {server} {n}/request {row}:"
+                            f" {result['requests_per_second']:,.0f} requests/s,"
+                            f" stored {result['stored']:,} of {result['tracked']:,}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    cells = [
+        {"server": server, "events_per_request": n, "rows": _summaries(measured[server][str(n)])}
+        for server in servers
+        for n in events_per_request
+    ]
+    return {
+        "seconds": seconds,
+        "warmup_seconds": plan.warmup,
+        "rounds": rounds,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "placement": describe(ingest_cpus, app_cpus).replace("clients", "app server"),
+        "load": f"wrk -t{wrk.THREADS} -c{wrk.CONNECTIONS} -d{max(1, round(seconds))}s --latency",
+        "cells": cells,
+    }
+
+
+def _summaries(by_row: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each row's medians over the rounds, its loss against ``none`` in the same round, and
+    the events of every round added up: one lost event anywhere shows."""
+    baseline = by_row[NONE]
+    summaries = {}
+    for row, rounds in by_row.items():
+        losses = [
+            (1 - result["requests_per_second"] / none["requests_per_second"]) * 100
+            for result, none in zip(rounds, baseline)
+        ]
+        # The worker's CPU per request moves less with the machine's load than requests/s
+        # do: the extra over ``none`` is what the row's tracking costs each request.
+        extra_cpu = [
+            result["cpu_us_per_request"] - none["cpu_us_per_request"]
+            for result, none in zip(rounds, baseline)
+        ]
+        summaries[row] = {
+            **{
+                key: statistics.median(result[key] for result in rounds)
+                for key in ("requests_per_second", "p50_us", "p99_us", "cpu_us_per_request")
+            },
+            "loss_percent": statistics.median(losses),
+            "extra_cpu_us_per_request": statistics.median(extra_cpu),
+            "ingest_requests": statistics.median(result["ingest_requests"] for result in rounds),
+            **{
+                key: sum(result[key] for result in rounds)
+                for key in ("tracked", "stored", "stored_distinct", "load_errors")
+            },
+            "graceful_exits": sum(result["graceful_exit"] for result in rounds),
+            "retries": sum(result.get("retried", False) for result in rounds),
+            "rounds": rounds,
+        }
+        summary = summaries[row]
+        expected = summary["tracked"] if row in DELIVERING_ROWS else 0
+        summary["exactly_once"] = summary["stored"] == summary["stored_distinct"] == expected
+    return summaries
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Each target of the issue: what it asks, what was measured, met (None: not measured)."""
+    outcomes: list[tuple[str, str, bool | None]] = []
+    cells = {
+        (cell["server"], cell["events_per_request"]): cell["rows"] for cell in results["cells"]
+    }
+    for server in SERVERS:
+        one = cells.get((server, 1), {})
+        if SEGOPS_FAST in one and ESSENCE in one:
+            fast, essence = one[SEGOPS_FAST], one[ESSENCE]
+            outcomes.append(
+                (
+                    f"{server}, 1 event/request: segops_fast loses at most"
+                    f" {EXTRA_LOSS_POINTS_AT_ONE_EVENT} points more than essence",
+                    f"loses {fast['loss_percent']:.1f}%, essence {essence['loss_percent']:.1f}%",
+                    fast["loss_percent"]
+                    <= essence["loss_percent"] + EXTRA_LOSS_POINTS_AT_ONE_EVENT,
+                )
+            )
+            ratio = fast["p99_us"] / essence["p99_us"]
+            outcomes.append(
+                (
+                    f"{server}, 1 event/request: segops_fast p99 at most"
+                    f" {P99_RATIO_AT_ONE_EVENT - 1:.0%} above essence's",
+                    f"{fast['p99_us']:,.0f} vs {essence['p99_us']:,.0f} us ({ratio - 1:+.0%})",
+                    ratio <= P99_RATIO_AT_ONE_EVENT,
+                )
+            )
+        else:
+            outcomes.append((f"{server}, 1 event/request: segops_fast vs essence", "-", None))
+        ten = cells.get((server, 10), {})
+        if SEGOPS_FAST in ten and ESSENCE in ten:
+            fast, essence = ten[SEGOPS_FAST], ten[ESSENCE]
+            outcomes.append(
+                (
+                    f"{server}, 10 events/request: segops_fast loses at most"
+                    f" {LOSS_RATIO_AT_TEN_EVENTS}x what essence loses",
+                    f"loses {fast['loss_percent']:.1f}%, essence {essence['loss_percent']:.1f}%",
+                    fast["loss_percent"] <= LOSS_RATIO_AT_TEN_EVENTS * essence["loss_percent"],
+                )
+            )
+        else:
+            outcomes.append((f"{server}, 10 events/request: segops_fast vs essence", "-", None))
+    behind = []
+    compared = 0
+    for (server, n), rows in cells.items():
+        if SEGOPS_FAST not in rows:
+            continue
+        for peer in PEERS:
+            if peer in rows:
+                compared += 1
+                if rows[peer]["requests_per_second"] >= rows[SEGOPS_FAST]["requests_per_second"]:
+                    behind.append(f"{peer} on {server} at {n}/request")
+    outcomes.append(
+        (
+            "segops_fast serves more requests/s than every peer, on every server and N",
+            f"behind {', '.join(behind)}" if behind else f"ahead in all {compared} comparisons",
+            (not behind) if compared else None,
+        )
+    )
+    return outcomes
+
+
+def _stored_of_tracked(row: str, summary: dict[str, Any]) -> str:
+    if row not in DELIVERING_ROWS:
+        return "-" if summary["stored"] == 0 else f"{summary['stored']:,} (none expected)"
+    distinct = (
+        ""
+        if summary["stored_distinct"] == summary["stored"]
+        else f" ({summary['stored_distinct']:,} distinct)"
+    )
+    return f"{summary['stored']:,} / {summary['tracked']:,}{distinct}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"{results['load']} after a {results['warmup_seconds']:g} s warm-up; one worker per"
+        f" server, Python {results['python']}, {results['cpus']} CPUs, {results['placement']};"
+        f" each figure the median of {results['rounds']} rounds (events: all rounds added up).",
+        "",
+        "vs none: requests/s against no analytics in the same round. CPU/request: the worker"
+        " process, all its threads. Exactly once: the events stored at the ingest server"
+        " after the server's graceful stop are all distinct and as many as were tracked.",
+        "",
+    ]
+    for cell in results["cells"]:
+        n = cell["events_per_request"]
+        lines += [
+            f"### {cell['server']}, {n} event{'s' if n > 1 else ''} per request",
+            "",
+            "| client | requests/s | vs none | p50 | p99 | CPU/request | CPU vs none "
+            "| events stored / tracked | exactly once | ingest requests |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row, summary in cell["rows"].items():
+            versus = "-" if row == NONE else f"{-summary['loss_percent']:+.1f}%"
+            extra_cpu = "-" if row == NONE else f"{summary['extra_cpu_us_per_request']:+.0f} us"
+            once = "yes" if summary["exactly_once"] else "**no**"
+            requests = "-" if row not in DELIVERING_ROWS else f"{summary['ingest_requests']:,.0f}"
+            lines.append(
+                f"| {row} | {summary['requests_per_second']:,.0f} | {versus}"
+                f" | {summary['p50_us'] / 1000:.2f} ms | {summary['p99_us'] / 1000:.2f} ms"
+                f" | {summary['cpu_us_per_request']:.0f} us | {extra_cpu}"
+                f" | {_stored_of_tracked(row, summary)}"
+                f" | {once} | {requests} |"
+            )
+        problems = (
+            [
+                f"{row}: {summary['load_errors']:,} wrk errors"
+                for row, summary in cell["rows"].items()
+                if summary["load_errors"]
+            ]
+            + [
+                f"{row}: {len(summary['rounds']) - summary['graceful_exits']} stops not graceful"
+                for row, summary in cell["rows"].items()
+                if summary["graceful_exits"] != len(summary["rounds"])
+            ]
+            + [
+                f"{row}: {summary['retries']} measurements repeated (no request answered)"
+                for row, summary in cell["rows"].items()
+                if summary["retries"]
+            ]
+        )
+        if problems:
+            lines += ["", "Problems: " + "; ".join(problems) + "."]
+        lines.append("")
+    lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for target, measured, met in targets(results):
+        verdict = "not measured" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {target} | {measured} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: % requests/s lost against no analytics, per row, per server and N."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    servers = list(dict.fromkeys(cell["server"] for cell in results["cells"]))
+    workloads = list(dict.fromkeys(cell["events_per_request"] for cell in results["cells"]))
+    rows = [row for row in results["cells"][0]["rows"] if row != NONE]
+    figure, axis = plt.subplots(figsize=(max(10, 2.2 * len(servers) * len(workloads)), 5.5))
+    width = 0.8 / len(rows)
+    groups = [
+        (cell["server"], cell["events_per_request"], cell["rows"]) for cell in results["cells"]
+    ]
+    for offset, row in enumerate(rows):
+        axis.bar(
+            [group + (offset - (len(rows) - 1) / 2) * width for group in range(len(groups))],
+            [cell_rows[row]["loss_percent"] for _, _, cell_rows in groups],
+            width=width,
+            label=row,
+        )
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(
+        list(range(len(groups))),
+        [f"{server}\n{n} event{'s' if n > 1 else ''}/request" for server, n, _ in groups],
+    )
+    axis.set_ylabel("% requests/s lost vs no analytics")
+    axis.legend(ncol=3, fontsize="small")
+    figure.suptitle(
+        f"What an analytics client costs a one-worker web app\n{results['load']},"
+        f" medians of {results['rounds']} rounds",
+        fontsize="medium",
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def _choose(given: str | None, names: tuple[str, ...], what: str) -> list[str]:
+    """Names from a comma-separated list; a row may be named by its first word."""
+    if given is None:
+        return list(names)
+    chosen = []
+    for wanted in (part.strip() for part in given.split(",")):
+        matches = [name for name in names if wanted in (name, name.split()[0])]
+        if len(matches) != 1:
+            raise SystemExit(f"unknown {what} {wanted!r}; choose from: {', '.join(names)}")
+        chosen.append(matches[0])
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="load per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="load before measuring")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every measurement")
+    parser.add_argument("--servers", help=f"comma-separated, of: {', '.join(SERVERS)}")
+    parser.add_argument("--rows", help=f"comma-separated, of: {', '.join(ROWS)} (none always)")
+    parser.add_argument(
+        "--events-per-request", default="1,10", help="comma-separated (default 1,10)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    arguments = parser.parse_args()
+    if not wrk.available():
+        raise SystemExit("wrk is not installed (apt install wrk)")
+    servers = _choose(arguments.servers, tuple(SERVERS), "server")
+    chosen_rows = _choose(arguments.rows, ROWS, "row")
+    rows = [row for row in ROWS if row == NONE or row in chosen_rows]
+    events_per_request = [int(part) for part in arguments.events_per_request.split(",")]
+    # SIGTERM ends this script as Ctrl-C does: through every finally, which ends each
+    # process it started.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    began = time.monotonic()
+    plan = Plan(
+        servers,
+        rows,
+        events_per_request,
+        arguments.seconds,
+        arguments.warmup,
+        arguments.rounds,
+    )
+    results = run_rounds(plan)
+    results["wall_seconds"] = time.monotonic() - began
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    (arguments.out / "app_overhead.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2)
+    )
+    report = markdown(results)
+    (arguments.out / "app_overhead.md").write_text(report)
+    chart(results, arguments.out / "app_overhead.png")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""TLS to the API: the verifying SSL context, and what a TLS failure means in words.
+
+This module owns certificate verification, which is always on: the system trust store by
+default (which honours ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), or only the CA bundle given
+as ``ca_certs``; host names are checked; a client certificate and key are presented when
+given (mutual TLS). It checks those files when the client is built, so that a wrong path
+raises at construction. It also turns an OpenSSL failure into a message that names the
+host, OpenSSL's reason and the fix. It does not open connections (the transport does).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+_FIX = (
+    "Give the CA bundle that signed the server's certificate with ca_certs=... (or the "
+    "SSL_CERT_FILE environment variable)"
+)
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Where trust and the client's own certificate come from; verification is always on."""
+
+    #: A PEM bundle of the CAs to trust instead of the system's store.
+    ca_certs: str | None = None
+    #: A PEM client certificate (and its key, unless ``client_key`` is given) for mutual TLS.
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the option whose file cannot be used."""
+        for name in ("ca_certs", "client_cert", "client_key"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a path (str) or None, got {value!r}")
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert: the key of which certificate?")
+        if self.ca_certs is not None or self.client_cert is not None:
+            # Loading the files is the only sure check that they are usable.
+            self.context()
+
+    def context(self) -> ssl.SSLContext:
+        """A new context that verifies the server's certificate and host name."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_certs)
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(
+                f"ca_certs={self.ca_certs!r} is not a readable PEM CA bundle: {error}"
+            ) from None
+        if self.client_cert is not None:
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(
+                    f"client_cert={self.client_cert!r} / client_key={self.client_key!r}: "
+                    f"not a readable PEM certificate and matching key: {error}"
+                ) from None
+        return context
+
+
+def tls_failure(error: BaseException) -> ssl.SSLError | ssl.CertificateError | None:
+    """The TLS error behind ``error`` (in its causes or arguments), if there is one."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (ssl.SSLError, ssl.CertificateError)):
+            return current
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return None
+
+
+def refused_by_tls(failure: ssl.SSLError | ssl.CertificateError) -> bool:
+    """True when TLS itself refused the connection, so no request can have been read:
+    a certificate that does not verify, or an alert from the server (which reads no
+    request before its own side of the handshake succeeds, mutual TLS included)."""
+    if isinstance(failure, ssl.CertificateError):
+        return True
+    reason = getattr(failure, "reason", None) or ""
+    return "ALERT" in reason or "CERTIFICATE" in reason or "HANDSHAKE" in reason
+
+
+def explain(host: str, failure: ssl.SSLError | ssl.CertificateError) -> str:
+    """One line naming the host, OpenSSL's reason and the fix."""
+    reason = getattr(failure, "reason", None)
+    detail = getattr(failure, "verify_message", None) or reason or str(failure)
+    if reason and reason not in detail:
+        detail = f"{detail} ({reason})"
+    if "mismatch" in detail or "doesn't match" in detail:
+        fix = "Use the host name the server's certificate is issued for in api_url"
+    elif "ALERT" in detail:
+        fix = (
+            "The server refused this client during the handshake: if it requires a client "
+            "certificate, give client_cert=... and client_key=..."
+        )
+    else:
+        fix = _FIX
+    return (
+        f"SegOps: TLS with {host} failed, so nothing was sent: {detail}. {fix}. "
+        "Until then events wait in the queue."
+    )

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import orjson
 
-from . import _lifecycle, _uwsgi
+from . import _async, _concurrency, _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
 from ._delivery import Deadline, Delivery, GivenUp, RetryPolicy
 from ._encoding import (
@@ -116,6 +116,10 @@ class _Pipeline:
     ) -> None:
         #: The process this pipeline belongs to.
         self.pid = os.getpid()
+        #: Whether its threads, locks and events are gevent's (see ``_concurrency.py``).
+        self.greenlets = _concurrency.greenlets()
+        #: The uWSGI master imports the application but must never run a thread of ours.
+        self.in_uwsgi_master = _uwsgi.is_master()
         self.reporter = reporter
         self.counters = DeliveryCounters()
         self.transport = Transport(
@@ -154,7 +158,7 @@ class _Pipeline:
             # ridden out, as the retry settings asked.
             outage_patience=policy.longest_wait(),
             deadline=self.deadline,
-            background=not _uwsgi.python_threads_disabled(),
+            background=not (_uwsgi.python_threads_disabled() or self.in_uwsgi_master),
             on_given_up=reporter.given_up,
             report_error=reporter.error,
         )
@@ -225,6 +229,7 @@ class SegOpsClient:
             compression=compression,
         )
         options.check()
+        _concurrency.refuse_eventlet()
         self._options = options
         # Decided once: a forked child uses the proxy its parent was built with.
         self._proxy = resolve_proxy(proxy, options.api_url)
@@ -374,6 +379,14 @@ class SegOpsClient:
         """The same as :meth:`shutdown`."""
         self.shutdown()
 
+    async def aflush(self, timeout: float | None = None) -> None:
+        """:meth:`flush` for coroutines: waits without blocking the event loop."""
+        await _async.in_thread(lambda: self.flush(timeout), "segops-fast-aflush")
+
+    async def ashutdown(self, timeout: float | None = None) -> None:
+        """:meth:`shutdown` for coroutines: waits without blocking the event loop."""
+        await _async.in_thread(lambda: self.shutdown(timeout), "segops-fast-ashutdown")
+
     def reset_session(self) -> None:
         """Forget the session token, so the next request mints one for the current user."""
         session = self._pipeline.session
@@ -397,17 +410,32 @@ class SegOpsClient:
     ) -> None:
         self.shutdown()
 
+    async def __aenter__(self) -> SegOpsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.ashutdown()
+
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
-        pipeline = _Pipeline(self._options, self._get_user, self._reporter, self._proxy)
+        self._install(_Pipeline(self._options, self._get_user, self._reporter, self._proxy))
+
+    def _install(self, pipeline: _Pipeline) -> None:
         self._pipeline = pipeline
         # The hot path calls this attribute directly: no branch on the batch mode.
         self._append: Callable[[Record], bool]
         if not self._options.batch:
             self._append = self._send_now
+        elif pipeline.in_uwsgi_master:
+            self._append = self._send_from_uwsgi_master
         elif pipeline.flusher.has_background_thread:
-            self._append = pipeline.flusher.buffer.append
+            self._append = self._append_first
         else:
             self._append = pipeline.flusher.append_and_send_when_due
         self._told_closed = False
@@ -416,6 +444,59 @@ class SegOpsClient:
         # the pipeline, not the client, so it never keeps the client alive.
         self._finalizer = weakref.finalize(self, pipeline.stop_soon)
         self._finalizer.atexit = False
+
+    def _append_first(self, record: Record) -> bool:
+        """The first event of this process's pipeline: make sure it is built from the kind
+        of thread and lock in force now, then hand the hot path to the buffer.
+
+        gevent may have patched ``threading`` since the pipeline was built (a gevent worker
+        forked from a master that preloads the application patches after the fork hook
+        ran). No thread of ours exists yet and nothing is queued, so building the pipeline
+        again loses nothing; using the old one would make greenlets wait on native locks.
+
+        No lock: one created before gevent patched is native, and building a pipeline can
+        yield to another greenlet, which would then block the hub on it. Rebuilding happens
+        only among greenlets, which switch only where they yield, so the new pipeline is
+        installed only if no other greenlet installed one while it was being built; until
+        then every event comes through here. Without a rebuild, concurrent first events
+        each just set the same attribute.
+        """
+        pipeline = self._pipeline
+        if (
+            not self._closed
+            and pipeline.greenlets != _concurrency.greenlets()
+            and pipeline.flusher.buffer.taken == 0
+            and not len(pipeline.flusher.buffer)
+        ):
+            rebuilt = _Pipeline(self._options, self._get_user, self._reporter, self._proxy)
+            if self._pipeline is pipeline and not self._closed:
+                self._finalizer.detach()
+                self._install(rebuilt)
+            else:
+                rebuilt.transport.close()
+            pipeline.transport.close()
+        self._append = self._pipeline.flusher.buffer.append
+        return self._append(record)
+
+    def _send_from_uwsgi_master(self, record: Record) -> bool:
+        """In the uWSGI master: send now, from this thread, everything waiting.
+
+        The master must not start a thread (see ``_uwsgi.py``), and it cannot hand its
+        events to the workers: each worker starts with a copy of them, so either all would
+        send them or, with one chosen, every respawn of that one would again. The master
+        tracks only while it imports the application, so sending each event as it is
+        tracked costs a request per event at start-up (about a millisecond each here),
+        bounded like any request by ``timeout`` and the retry schedule. If the API cannot
+        be reached they stay queued for the master's next event (uWSGI's master runs no
+        Python exit hook at its stop).
+        """
+        flusher = self._pipeline.flusher
+        if not flusher.buffer.append(record):
+            return False
+        # A callback that tracks while this thread sends leaves its event for the next call.
+        if not flusher.is_own_thread:
+            flusher.send_everything_here(final=False)
+        return True
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: events queued before the fork belong to the parent.

@@ -5,7 +5,9 @@ keeps a client alive, and the process hooks that act on all of them:
 
 * at exit, each client shuts down within its ``shutdown_timeout``: through ``atexit``,
   and, in the child processes of ``multiprocessing`` (which end with ``os._exit()`` and
-  skip ``atexit``), through the finalizers that ``multiprocessing`` runs before that;
+  skip ``atexit``), through the finalizers that ``multiprocessing`` runs before that,
+  and in Celery's prefork pool children (which skip both) through Celery's
+  ``worker_process_shutdown`` signal (see ``_celery.py``);
 * after a fork, each client starts over in the child: through ``os.register_at_fork``,
   and under uWSGI, which forks without running those hooks, through its post-fork hook.
 
@@ -21,7 +23,7 @@ import sys
 import weakref
 from typing import Any, Protocol
 
-from . import _uwsgi
+from . import _celery, _uwsgi
 
 
 class ProcessBound(Protocol):
@@ -35,7 +37,7 @@ _live_clients: weakref.WeakSet[ProcessBound] = weakref.WeakSet()
 
 def register(client: ProcessBound) -> None:
     _live_clients.add(client)
-    _shut_down_before_multiprocessing_exits()
+    _hook_process_pools()
 
 
 def _shutdown_all_at_exit() -> None:
@@ -46,6 +48,12 @@ def _shutdown_all_at_exit() -> None:
 def _start_over_in_child() -> None:
     for client in list(_live_clients):
         client._after_fork_in_child()
+
+
+def _hook_process_pools() -> None:
+    """Hook the exits of the process pools loaded so far; again before each fork."""
+    _shut_down_before_multiprocessing_exits()
+    _celery.shut_down_as_pool_children_exit(_shutdown_all_at_exit)
 
 
 # -- multiprocessing's child processes --------------------------------------------------
@@ -86,7 +94,5 @@ def _register_finalizer(util: Any) -> None:
 
 atexit.register(_shutdown_all_at_exit)
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(
-        before=_shut_down_before_multiprocessing_exits, after_in_child=_start_over_in_child
-    )
+    os.register_at_fork(before=_hook_process_pools, after_in_child=_start_over_in_child)
 _uwsgi.call_after_fork(_start_over_in_child)

@@ -212,8 +212,10 @@ class Transport:
         the child's file descriptor: the parent's connection is untouched.
         """
         connections = self._pool.pool
-        if connections is not None:
-            connections.mutex._at_fork_reinit()  # type: ignore[attr-defined]
+        # Under gevent the pool's queue is gevent's, which has no mutex (and no OS lock).
+        mutex = getattr(connections, "mutex", None)
+        if mutex is not None:
+            mutex._at_fork_reinit()
         self._pool.close()
 
 

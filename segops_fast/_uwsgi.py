@@ -7,6 +7,13 @@ the callable it finds at ``uwsgi.post_fork_hook`` in every worker instead. This 
 installs a hook there, keeping whatever hook was there before, and tells whether Python
 threads run at all (uWSGI before 2.0.22 disables them unless ``--enable-threads``).
 
+It also tells whether this process is the uWSGI master. Without ``--lazy-apps`` the master
+imports the application, and an application that tracks at import would start our thread
+there. uWSGI then forks its workers from C, where nothing re-initializes Python's thread
+state: a worker forked while that thread held the GIL waits for it forever (measured with
+uWSGI 2.0.30: no worker ever answered; reported: ``--py-call-osafterfork`` does not help).
+So the master never gets a thread of ours (see ``_client.py`` for how it sends instead).
+
 It reads only the ``uwsgi`` module that uWSGI itself puts in ``sys.modules``: importing
 nothing means it costs nothing outside uWSGI, and it never imports ``uwsgidecorators``,
 whose import replaces the spooler and mule hooks of the application.
@@ -14,6 +21,7 @@ whose import replaces the spooler and mule hooks of the application.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -26,6 +34,15 @@ def python_threads_disabled() -> bool:
     """True inside a uWSGI that runs no Python thread between requests."""
     uwsgi = _running_uwsgi()
     return uwsgi is not None and not getattr(uwsgi, "has_threads", True)
+
+
+def is_master() -> bool:
+    """True in the uWSGI master process, which forks every worker from C."""
+    uwsgi = _running_uwsgi()
+    # masterpid() is 0 without --master; a client created at import in that layout is
+    # not covered.
+    masterpid = getattr(uwsgi, "masterpid", None)
+    return masterpid is not None and masterpid() == os.getpid()
 
 
 def call_after_fork(hook: Callable[[], None]) -> None:

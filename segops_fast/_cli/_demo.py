@@ -6,6 +6,8 @@ forks ``--workers`` workers the way gunicorn or uWSGI does, with the client's th
 running and its events possibly in flight. Each worker tracks its share of ``--events``
 from ``--threads`` threads, flushes and reports. The server then counts, per process,
 the distinct events it stored. Exit status 1 if any event was lost or stored twice.
+
+``--server`` runs the same check under a real server instead (see ``_demo_servers.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 
 from .._client import SegOpsClient
 from ..testing import DEFAULT_SECRET_KEY, IngestServerProcess
+from . import _demo_servers
 
 #: Events the master tracks before it forks: each must be sent once, by the master.
 MASTER_EVENTS = 5
@@ -44,7 +47,15 @@ def add_parser(commands: Any) -> None:
         description=__doc__,
     )
     parser.add_argument(
-        "--events", type=int, default=200_000, help="events over all workers (default 200000)"
+        "--server",
+        choices=("fork", *_demo_servers.SERVERS),
+        default="fork",
+        help="fork workers here (default), or run the check under that real server",
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        help="events over all workers (default 200000; 20000 under a real server)",
     )
     parser.add_argument(
         "--workers", type=int, default=4, help="forked worker processes (default 4)"
@@ -56,8 +67,12 @@ def add_parser(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    if arguments.events is None:
+        arguments.events = 200_000 if arguments.server == "fork" else 20_000
     if min(arguments.events, arguments.workers, arguments.threads) < 1:
         raise SystemExit("segops-fast demo: --events, --workers and --threads must be >= 1")
+    if arguments.server != "fork":
+        return _demo_servers.run(arguments.server, arguments.events, arguments.workers)
     with IngestServerProcess() as server:
         client = SegOpsClient(server.url, DEFAULT_SECRET_KEY)
         for index in range(MASTER_EVENTS):

@@ -6,6 +6,9 @@ tracks K events with payloads ``{"request": R, "i": 0..K-1}`` and answers with t
 worker's pid and the names of its segops threads. At exit each process prints its
 client's stats to stderr, which the tests show when they fail.
 
+``SEGOPS_TEST_AT_IMPORT=N`` tracks N events at import (``event_type="at_import"``), in the
+master when it preloads.
+
 ``SEGOPS_TEST_NO_THREADS=1`` under uWSGI makes it report no Python threads, as uWSGI
 before 2.0.22 does without ``--enable-threads``, so the client sends on the request path.
 """
@@ -36,6 +39,8 @@ atexit.register(_report_at_exit)
 import segops_fast as segops  # noqa: E402
 
 client = segops.SegOpsClient(os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=0.2)
+for _index in range(int(os.environ.get("SEGOPS_TEST_AT_IMPORT", "0"))):
+    client.track(user_id="importer", event_type="at_import", payload={"i": _index})
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real LocalIngestServer per test, and clients that are always shut down."""
+"""Shared fixtures: a real LocalIngestServer per test (over HTTPS too), and clients that are
+always shut down."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 import segops_fast as segops
-from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
+from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer, ServerTLS
 
 MakeClient = Callable[..., segops.SegOpsClient]
 
@@ -18,6 +19,18 @@ MakeClient = Callable[..., segops.SegOpsClient]
 @pytest.fixture
 def server() -> Iterator[LocalIngestServer]:
     with LocalIngestServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tls() -> ServerTLS:
+    """A certificate for 127.0.0.1 from a test CA; clients trust it with ``tls.ca_certs``."""
+    return ServerTLS.for_loopback()
+
+
+@pytest.fixture
+def tls_server(tls: ServerTLS) -> Iterator[LocalIngestServer]:
+    with LocalIngestServer(tls=tls) as running:
         yield running
 
 

@@ -43,17 +43,6 @@ def _no_proxy_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def tls() -> ServerTLS:
-    return ServerTLS.for_loopback()
-
-
-@pytest.fixture
-def tls_server(tls: ServerTLS) -> Iterator[LocalIngestServer]:
-    with LocalIngestServer(tls=tls) as running:
-        yield running
-
-
 @pytest.fixture
 def proxy() -> Iterator[RealProxy]:
     with RealProxy() as running:

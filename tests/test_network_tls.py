@@ -10,7 +10,6 @@ count, events kept queued, no retries spent, and shutdown() giving them up as fa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,6 @@ from .conftest import assert_idle_invariant, track_numbered, wait_until
 from .forking import fork_child, reap
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def tls() -> ServerTLS:
-    return ServerTLS.for_loopback()
-
-
-@pytest.fixture
-def tls_server(tls: ServerTLS) -> Iterator[LocalIngestServer]:
-    with LocalIngestServer(tls=tls) as running:
-        yield running
 
 
 def _exactly_once(server: LocalIngestServer, client: segops.SegOpsClient, count: int) -> None:

@@ -29,6 +29,31 @@ APPS = Path(__file__).parent / "apps"
 REQUESTS, EVENTS_PER_REQUEST = 400, 5
 
 
+def uwsgi_command(port: int, *options: str) -> list[str]:
+    """A uWSGI master with 4 workers serving tests/apps/wsgi_app.py, recycled every 25
+    requests and stopped gracefully by SIGTERM, plus ``options``."""
+    return [
+        sys.executable, "-c", "import pyuwsgi, sys; pyuwsgi.run(sys.argv[1:])",
+        "--master",
+        "--workers", "4",
+        "--http-socket", f"127.0.0.1:{port}",
+        "--wsgi-file", "wsgi_app.py",
+        "--need-app",
+        "--max-requests", "25",
+        # uWSGI otherwise keeps a worker for at least 10 s whatever max-requests says.
+        "--min-worker-lifetime", "0",
+        # SIGTERM stops gracefully: each worker finishes and runs its exit hooks. (With
+        # --die-on-term, SIGTERM kills the workers at once, even one still sending.)
+        "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
+        # uWSGI can miss a stop signal that lands while it respawns a worker (seen with an
+        # application that does nothing at all) and then waits 60 s before killing it.
+        "--worker-reload-mercy", "10",
+        "--reload-mercy", "10",
+        "--disable-logging",
+        *options,
+    ]  # fmt: skip
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -148,27 +173,11 @@ def test_uwsgi_delivers_exactly_once_through_recycling(
 ) -> None:
     pytest.importorskip("pyuwsgi")
     port = _free_port()
-    command = [
-        sys.executable, "-c", "import pyuwsgi, sys; pyuwsgi.run(sys.argv[1:])",
-        "--master",
-        "--workers", "4",
-        "--http-socket", f"127.0.0.1:{port}",
-        "--wsgi-file", "wsgi_app.py",
-        "--need-app",
-        "--max-requests", "25",
-        # uWSGI otherwise keeps a worker for at least 10 s whatever max-requests says.
-        "--min-worker-lifetime", "0",
-        # SIGTERM stops gracefully: each worker finishes and runs its exit hooks. (With
-        # --die-on-term, SIGTERM kills the workers at once, even one still sending.)
-        "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
-        # uWSGI can miss a stop signal that lands while it respawns a worker (seen with an
-        # application that does nothing at all) and then waits 60 s before killing it.
-        "--worker-reload-mercy", "10",
-        "--reload-mercy", "10",
-        "--disable-logging",
+    command = uwsgi_command(
+        port,
         *(["--lazy-apps"] if lazy_apps else []),
         *(["--enable-threads"] if threads == "enable-threads" else []),
-    ]  # fmt: skip
+    )
     env = _environment(server, SEGOPS_TEST_NO_THREADS="1" if threads == "no-threads" else "0")
     with _running(command, port, env, tmp_path / "log") as uwsgi:
         answers = _send_requests(port, 0, REQUESTS)

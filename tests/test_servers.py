@@ -34,6 +34,7 @@ from tests.test_prefork_servers import (
     _free_port,
     _stop_gracefully,
     _wait_until_serving,
+    uwsgi_command,
 )
 from tests.test_prefork_servers import (
     _send_requests as _send_requests_tracking_five,
@@ -95,23 +96,13 @@ def test_uwsgi_master_that_tracks_at_import_without_lazy_apps(
     """
     pytest.importorskip("pyuwsgi")
     port = _free_port()
-    command = [
-        sys.executable, "-c", "import pyuwsgi, sys; pyuwsgi.run(sys.argv[1:])",
-        "--master",
-        "--workers", "4",
-        "--http-socket", f"127.0.0.1:{port}",
-        "--wsgi-file", "wsgi_app.py",
-        "--need-app",
-        "--max-requests", "25",
-        "--min-worker-lifetime", "0",
-        "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
-        "--worker-reload-mercy", "10",
-        "--reload-mercy", "10",
+    command = uwsgi_command(
+        port,
+        # A worker stuck (the deadlock this test is for) is killed instead of waited for.
         "--harakiri", "20",
-        "--disable-logging",
         *(["--enable-threads"] if threads == "enable-threads" else []),
         *(["--py-call-uwsgi-fork-hooks"] if fork_hooks else []),
-    ]  # fmt: skip
+    )  # fmt: skip
     env = _environment(server, SEGOPS_TEST_AT_IMPORT=str(AT_IMPORT))
     requests = 200
     with _running(command, port, env, tmp_path / "log") as uwsgi:

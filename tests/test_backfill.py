@@ -83,6 +83,26 @@ def settled_bytes(checkpoint: Path) -> int:
     return sum(int(part["done"]) - int(part["start"]) for part in ranges)
 
 
+def kill_send_with_progress_saved(
+    server: LocalIngestServer, checkpoint: Path, stored: int, *arguments: str | Path
+) -> None:
+    """Run ``segops-fast send`` with ``arguments`` until the server has ``stored`` events
+    and the checkpoint holds progress (its first save may hold none), then SIGKILL it."""
+    running = subprocess.Popen(send_command(server, *arguments), stdout=subprocess.PIPE)
+    try:
+        wait_until(
+            lambda: server.event_count >= stored and settled_bytes(checkpoint) > 0, timeout=60
+        )
+        running.send_signal(signal.SIGKILL)
+        running.wait(timeout=10)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert running.stdout is not None
+    running.stdout.close()
+
+
 def assert_exactly_once(server: LocalIngestServer, count: int) -> None:
     summary = server.summary()
     assert summary["duplicate_events"] == 0, summary
@@ -180,21 +200,7 @@ def test_a_run_killed_with_sigkill_half_way_resumes_and_ends_exactly_once(
     # Slowed down, so that the kill comes half-way; small batches, so many are in flight.
     arguments = (events, "--checkpoint", checkpoint, "--processes", str(processes),
                  "--batch-bytes", "65536")  # fmt: skip
-    running = subprocess.Popen(
-        send_command(server, *arguments, "--rate", "50000"), stdout=subprocess.PIPE
-    )
-    try:
-        wait_until(
-            lambda: server.event_count >= 60_000 and settled_bytes(checkpoint) > 0, timeout=60
-        )
-        running.send_signal(signal.SIGKILL)
-        running.wait(timeout=10)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-    assert running.stdout is not None
-    running.stdout.close()
+    kill_send_with_progress_saved(server, checkpoint, 60_000, *arguments, "--rate", "50000")
     assert server.event_count < 200_000
     # Workers notice that their coordinator is gone, and stop.
     time.sleep(1.0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import gzip
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -16,13 +15,12 @@ import orjson
 
 from segops_fast.testing import LocalIngestServer
 
-from .conftest import wait_until
 from .test_backfill import (
     assert_exactly_once,
     event_line,
+    kill_send_with_progress_saved,
     run_send,
     send_command,
-    settled_bytes,
 )
 
 
@@ -120,22 +118,7 @@ def test_a_killed_run_on_a_pipe_resumes_by_reading_the_stream_again(
     arguments = (fifo, "--checkpoint", checkpoint, "--dead-letter", dead_letters,
                  "--batch-bytes", "65536")  # fmt: skip
     writer = feed(fifo, data)
-    running = subprocess.Popen(
-        send_command(server, *arguments, "--rate", "40000"), stdout=subprocess.PIPE
-    )
-    try:
-        # Until the checkpoint holds progress (its first save may come before any).
-        wait_until(
-            lambda: server.event_count >= 30_000 and settled_bytes(checkpoint) > 0, timeout=60
-        )
-        running.send_signal(signal.SIGKILL)
-        running.wait(timeout=10)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-    assert running.stdout is not None
-    running.stdout.close()
+    kill_send_with_progress_saved(server, checkpoint, 30_000, *arguments, "--rate", "40000")
     writer.join(timeout=10)
     assert server.event_count < 100_000
     # The same stream again, from its start: what the checkpoint settled is skipped.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pytest
 
 import segops_fast as segops
+from segops_fast._delivery import RetryPolicy
 from segops_fast.testing import LocalIngestServer, ServerTLS
 
 from .conftest import MakeClient, assert_idle_invariant, wait_until
@@ -262,3 +263,26 @@ def test_the_shutdown_deadline_hands_a_request_under_way_to_on_drop_at_once(
     assert server.wait_for_events(100, timeout=10)
     time.sleep(0.2)
     assert client.stats() == stats
+
+
+def test_flush_waits_for_an_unreachable_api_as_long_as_the_503_schedule_would() -> None:
+    # The README's figure for the defaults: 0.5 + 1 + 2 + 4 + 8 seconds.
+    assert RetryPolicy(5, 0.5, 30.0).longest_wait() == 15.5
+    assert RetryPolicy(8, 0.5, 4.0).longest_wait() == 0.5 + 1 + 2 + 4 * 5
+    assert RetryPolicy(0, 0.5, 30.0).longest_wait() == 0.0
+
+
+def test_an_outage_is_reported_when_it_begins_not_at_every_try(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    errors: list[BaseException] = []
+    client = make_client(max_retries=0, on_error=errors.append)
+    server.stop()
+    for _ in range(3):
+        client.track(user_id="u", event_type="e", payload={})
+        with pytest.raises(segops.SegOpsApiError):
+            client.flush(timeout=20)
+    # Three flushes, each a try (and more every flush_interval, 0.05 s here): one report.
+    time.sleep(0.3)
+    assert len(errors) == 1, errors
+    assert "Connection refused" in str(errors[0])

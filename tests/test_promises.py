@@ -24,7 +24,7 @@ import segops_fast as segops
 from segops_fast._delivery import RetryPolicy
 from segops_fast.testing import LocalIngestServer, ServerTLS
 
-from .conftest import MakeClient, assert_idle_invariant, wait_until
+from .conftest import MakeClient, assert_idle_invariant, track_numbered, wait_until
 
 EVENTS = 40
 #: Reasons whose events the server may have stored all the same (README: "Delivery under
@@ -199,8 +199,7 @@ def test_flush_rides_out_an_outage_shorter_than_the_retry_budget(
     # 0.05 s, 0.1 s, ... 20 retries: over 30 s of patience, and the outage lasts 1.5 s.
     client = make_client(backoff_base=0.05, max_retries=20, on_error=lambda error: None)
     server.stop()
-    for number in range(100):
-        client.track(user_id="u", event_type="e", payload={"i": number})
+    track_numbered(client, 100)
     threading.Timer(1.5, server.start).start()
     client.flush(timeout=20)
     # It returned because the events were acknowledged, not because it gave up.
@@ -214,8 +213,7 @@ def test_flush_raises_with_the_count_once_an_outage_outlasts_the_retry_budget(
     # Two retries of at most 0.05 s and 0.1 s: flush() waits about 0.15 s for the API.
     client = make_client(backoff_base=0.05, max_retries=2, on_error=lambda error: None)
     server.stop()
-    for number in range(100):
-        client.track(user_id="u", event_type="e", payload={"i": number})
+    track_numbered(client, 100)
     with pytest.raises(segops.SegOpsApiError, match="100 events could not be delivered") as raised:
         client.flush(timeout=20)
     assert raised.value.undelivered == 100
@@ -248,8 +246,7 @@ def test_the_shutdown_deadline_hands_a_request_under_way_to_on_drop_at_once(
         on_error=lambda error: None,
     )
     server.faults.hang(3.0)
-    for number in range(100):
-        client.track(user_id="u", event_type="e", payload={"i": number})
+    track_numbered(client, 100)
     wait_until(lambda: server.faults.pending == 0)  # the request is under way
     with pytest.raises(segops.SegOpsApiError, match="100 events undelivered") as raised:
         client.shutdown(timeout=1.0)

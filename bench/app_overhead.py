@@ -21,7 +21,9 @@ peers whose documentation asks for an explicit shutdown get one) and then counts
 ingest server, the events stored (total and distinct) and the requests received.
 
 Placement (``bench/placement.py``): the app server on one CPU; the ingest server, wrk
-and this script on the other. Within a round, every row runs for each server and N, one
+and this script on the other, wrk at a real-time priority where it may have one (see
+``bench/wrk.py``: the ingest server stands in for another machine and must not delay the
+load). Within a round, every row runs for each server and N, one
 after the other, in an order that rotates from round to round, so that the machine's
 drift hits all rows alike; each figure is the median of its rounds, and "vs none"
 compares with ``none`` in the same round. ``none`` always runs.
@@ -184,7 +186,8 @@ def run_rounds(plan: Plan) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "placement": describe(ingest_cpus, app_cpus).replace("clients", "app server"),
-        "load": f"wrk -t{wrk.THREADS} -c{wrk.CONNECTIONS} -d{max(1, round(seconds))}s --latency",
+        "load": f"wrk -t{wrk.THREADS} -c{wrk.CONNECTIONS} -d{max(1, round(seconds))}s --latency"
+        + (" (real-time priority)" if wrk.runs_first() else ""),
         "cells": cells,
     }
 

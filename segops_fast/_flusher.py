@@ -185,7 +185,11 @@ class Flusher:
     def join(self, timeout: float | None) -> bool:
         """Wait, ``timeout`` seconds in all, for every thread to end; True if they have."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads():
+        if self._thread is not None:
+            self._thread.join(timeout)
+        # Only the flusher thread starts senders, even during its final cycle: once it has
+        # ended, the list of senders is complete.
+        for thread in self._senders:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
         return not any(thread.is_alive() for thread in self._threads())

@@ -2,31 +2,35 @@
 
     pip install -e ".[dev,bench]" uvicorn     # and wrk (apt install wrk)
     python bench/app_overhead.py              # about 20 minutes; writes results/app_overhead.*
-    python bench/app_overhead.py --seconds 3 --rounds 1 --servers uvicorn --rows segops_fast
+    python bench/app_overhead.py --rounds 2 --servers uvicorn --rows segops_fast
 
 Real servers, one worker each: gunicorn's sync worker, gunicorn's gthread worker (4
 threads) and uvicorn (``bench/app_servers.py``). Each serves a minimal app
 (``bench/apps/``) that answers ``ok`` after tracking N events per request (N = 1 and 10)
-through one row's client, with that client's own default settings, pointed at one
-LocalIngestServer. The rows (``bench/apps/tracking.py``): ``none`` (no analytics),
-``floor`` (an empty function of track()'s signature), ``essence`` (the event's dict,
-``orjson.dumps``, the clock, a bounded deque: what any client must do), then segops_fast,
-segops 0.2.2, segment 2.4.0 and posthog 7.91.1.
+through one row's client, with that client's own default settings. The rows
+(``bench/apps/tracking.py``): ``none`` (no analytics), ``floor`` (an empty function of
+track()'s signature), ``essence`` (the event's dict, ``orjson.dumps``, the clock, a
+bounded deque: what any client must do), then segops_fast, segops 0.2.2, segment 2.4.0
+and posthog 7.91.1.
 
-Each measurement starts the app server afresh, warms it up with ``--warmup`` seconds of
-load, then runs ``wrk -t1 -c4 -d{seconds}s --latency``. It reads the worker process's CPU
-time (all its threads) from ``/proc`` before and after, asks the worker how many events it
-tracked, stops the server gracefully (SIGTERM: clients flush as they do at exit; the
-peers whose documentation asks for an explicit shutdown get one) and then counts, at the
-ingest server, the events stored (total and distinct) and the requests received.
+For each server and N, every row gets its own app server and its own LocalIngestServer,
+all started together. After ``--warmup`` seconds of load on each, the rows take turns:
+``--rounds`` rounds, in each of which every row gets one window of ``wrk -t1 -c4
+-d{seconds}s --latency``, in an order that rotates from round to round. This machine's
+speed drifts by up to 2x over seconds (one 8 s window of the essence row ran at 4,004
+requests/s, its next at 1,635); short windows taken in turns meet the same drift, and
+each figure is the median of a row's windows. "vs none" compares each window with
+``none``'s in the same round. After each window the script waits until the worker is
+quiet (what it queued is delivered), and counts that CPU time too: delivery after the
+load is the row's cost as well. At the end each server is stopped gracefully (SIGTERM:
+clients flush as they do at exit; the peers whose documentation asks for an explicit
+shutdown get one), and each ingest server counts the events stored (total and
+distinct) and the requests received.
 
-Placement (``bench/placement.py``): the app server on one CPU; the ingest server, wrk
+Placement (``bench/placement.py``): the app servers on one CPU; the ingest servers, wrk
 and this script on the other, wrk at a real-time priority where it may have one (see
 ``bench/wrk.py``: the ingest server stands in for another machine and must not delay the
-load). Within a round, every row runs for each server and N, one
-after the other, in an order that rotates from round to round, so that the machine's
-drift hits all rows alike; each figure is the median of its rounds, and "vs none"
-compares with ``none`` in the same round. ``none`` always runs.
+load).
 
 Writes ``app_overhead.json``, ``app_overhead.md`` (a table per server and N, and the
 targets of the performance issue) and ``app_overhead.png`` into ``--out``.
@@ -47,7 +51,7 @@ from typing import Any
 
 import orjson
 import wrk
-from app_servers import SERVERS, AppServer, serving
+from app_servers import SERVERS, AppServer, RunningApp, serving
 from apps.tracking import DELIVERING_ROWS, ESSENCE, NONE, POSTHOG, ROWS, SEGMENT, SEGOPS
 from clients import SEGOPS_FAST
 from placement import describe, on_cpus, server_and_client_cpus
@@ -64,30 +68,34 @@ EXTRA_LOSS_POINTS_AT_ONE_EVENT = 0.5
 P99_RATIO_AT_ONE_EVENT = 1.10
 LOSS_RATIO_AT_TEN_EVENTS = 1.2
 
+#: Waiting for a worker to be quiet after a window (:func:`_settle`): quiet means less than
+#: one clock tick of CPU (``/proc`` counts in ticks of 10 ms) in a step.
+SETTLE_STEP = 0.2
+QUIET_CPU_SECONDS = 0.01
+SETTLE_AT_MOST = 30.0
 
-def measure(
-    ingest: IngestServerProcess,
-    server: AppServer,
-    row: str,
-    events_per_request: int,
-    *,
-    seconds: float,
-    warmup: float,
-    app_cpus: set[int] | None,
-) -> dict[str, Any]:
-    """One app server, one row, one load run; the ingest server's count after it stopped."""
-    ingest.reset()
-    with contextlib.ExitStack() as stack:
-        with on_cpus(app_cpus):
-            app = stack.enter_context(serving(server, row, events_per_request, ingest.url))
-        target = app.url + "/"
-        wrk.run(target, warmup)
-        cpu_before = process_cpu_seconds(app.worker_pid)
-        load = wrk.run(target, seconds)
-        cpu_seconds = process_cpu_seconds(app.worker_pid) - cpu_before
-        tracked = app.tracked()
-        exit_status = app.stop()
-    stored = ingest.summary()
+
+def _settle(pid: int) -> float:
+    """Wait until process ``pid`` is quiet (what it queued is delivered); return how long
+    that took."""
+    began = time.monotonic()
+    last = process_cpu_seconds(pid)
+    while time.monotonic() - began < SETTLE_AT_MOST:
+        time.sleep(SETTLE_STEP)
+        now = process_cpu_seconds(pid)
+        if now - last < QUIET_CPU_SECONDS:
+            break
+        last = now
+    return time.monotonic() - began
+
+
+def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
+    """One load window on ``app``: what wrk saw, and the worker's CPU per request, counted
+    until it is quiet again (delivery after the window is the row's cost too)."""
+    cpu_before = process_cpu_seconds(app.worker_pid)
+    load = wrk.run(app.url + "/", seconds)
+    settle_seconds = _settle(app.worker_pid)
+    cpu_seconds = process_cpu_seconds(app.worker_pid) - cpu_before
     return {
         "requests": load.requests,
         "requests_per_second": load.requests_per_second,
@@ -95,34 +103,66 @@ def measure(
         "p99_us": load.p99_us,
         "load_errors": load.errors,
         "cpu_us_per_request": cpu_seconds / load.requests * 1e6 if load.requests else 0.0,
-        "tracked": tracked,
-        "stored": stored["events"],
-        "stored_distinct": stored["unique_events"],
-        "ingest_requests": stored["requests"],
-        "graceful_exit": exit_status == server.graceful_exit_status,
+        "settle_seconds": settle_seconds,
     }
 
 
-def _measure_answered(
-    ingest: IngestServerProcess,
+def measure_cell(
+    ingests: dict[str, IngestServerProcess],
     server: AppServer,
-    row: str,
     events_per_request: int,
-    **settings: Any,
-) -> dict[str, Any]:
-    """:func:`measure`, once more if the app answered no request under load.
-
-    Seen once in a full run, gunicorn's sync worker answered the warm-up and then nothing
-    for the whole window, with no error at wrk: a stall of the machine or the server, not
-    a figure of the row. The retry is counted and reported.
-    """
-    result = measure(ingest, server, row, events_per_request, **settings)
-    if result["requests"] == 0:
-        print(f"{server.name} {events_per_request}/request {row}: no request answered;"
-              " measuring again", file=sys.stderr, flush=True)  # fmt: skip
-        result = measure(ingest, server, row, events_per_request, **settings)
-        result["retried"] = True
-    return result
+    plan: Plan,
+    app_cpus: set[int] | None,
+) -> dict[str, dict[str, Any]]:
+    """Every row of one server and N: each row's app server (and ingest server) started
+    together, then ``plan.rounds`` windows per row, interleaved; then each stopped
+    gracefully and its events counted at its ingest server."""
+    for ingest in ingests.values():
+        ingest.reset()
+    windows: dict[str, list[dict[str, Any]]] = {row: [] for row in plan.rows}
+    with contextlib.ExitStack() as stack:
+        apps: dict[str, RunningApp] = {}
+        with on_cpus(app_cpus):
+            for row in plan.rows:
+                apps[row] = stack.enter_context(
+                    serving(server, row, events_per_request, ingests[row].url)
+                )
+        for app in apps.values():
+            wrk.run(app.url + "/", plan.warmup)
+            _settle(app.worker_pid)
+        for round_number in range(plan.rounds):
+            for row in _rotated(plan.rows, round_number):
+                window = _window(apps[row], plan.seconds)
+                if window["requests"] == 0:
+                    # Seen once: gunicorn's sync worker answered nothing for a whole
+                    # window, with no error at wrk; a stall, not a figure of the row.
+                    print(f"{server.name} {events_per_request}/request {row}: no request"
+                          " answered; measuring again", file=sys.stderr, flush=True)  # fmt: skip
+                    window = {**_window(apps[row], plan.seconds), "retried": True}
+                windows[row].append(window)
+                print(
+                    f"round {round_number + 1}/{plan.rounds} {server.name}"
+                    f" {events_per_request}/request {row}:"
+                    f" {window['requests_per_second']:,.0f} requests/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        tracked = {row: app.tracked() for row, app in apps.items()}
+        exit_statuses = {row: app.stop() for row, app in apps.items()}
+    results = {}
+    for row in plan.rows:
+        stored = ingests[row].summary()
+        results[row] = {
+            "windows": windows[row],
+            "tracked": tracked[row],
+            "stored": stored["events"],
+            "stored_distinct": stored["unique_events"],
+            "ingest_requests": stored["requests"],
+            "graceful_exit": exit_statuses[row] == server.graceful_exit_status,
+        }
+        print(f"{server.name} {events_per_request}/request {row}: stored {stored['events']:,}"
+              f" of {tracked[row]:,}", file=sys.stderr, flush=True)  # fmt: skip
+    return results
 
 
 def _rotated(rows: list[str], round_number: int) -> list[str]:
@@ -143,90 +183,63 @@ class Plan:
     rounds: int
 
 
-def run_rounds(plan: Plan) -> dict[str, Any]:
+def run_cells(plan: Plan) -> dict[str, Any]:
     ingest_cpus, app_cpus = server_and_client_cpus()
-    servers, rows, events_per_request = plan.servers, plan.rows, plan.events_per_request
-    seconds, rounds = plan.seconds, plan.rounds
-    measured: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
-        server: {str(n): {row: [] for row in rows} for n in events_per_request}
-        for server in servers
-    }
-    # This script, the ingest server and wrk share one CPU; the app server has the other.
-    with on_cpus(ingest_cpus), IngestServerProcess() as ingest:
-        for round_number in range(rounds):
-            for server in servers:
-                for n in events_per_request:
-                    for row in _rotated(rows, round_number):
-                        result = _measure_answered(
-                            ingest,
-                            SERVERS[server],
-                            row,
-                            n,
-                            seconds=seconds,
-                            warmup=plan.warmup,
-                            app_cpus=app_cpus,
-                        )
-                        measured[server][str(n)][row].append(result)
-                        print(
-                            f"round {round_number + 1}/{rounds} {server} {n}/request {row}:"
-                            f" {result['requests_per_second']:,.0f} requests/s,"
-                            f" stored {result['stored']:,} of {result['tracked']:,}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-    cells = [
-        {"server": server, "events_per_request": n, "rows": _summaries(measured[server][str(n)])}
-        for server in servers
-        for n in events_per_request
-    ]
+    cells = []
+    # This script, the ingest servers and wrk share one CPU; the app servers have the other.
+    with on_cpus(ingest_cpus), contextlib.ExitStack() as stack:
+        ingests = {row: stack.enter_context(IngestServerProcess()) for row in plan.rows}
+        for server in plan.servers:
+            for n in plan.events_per_request:
+                measured = measure_cell(ingests, SERVERS[server], n, plan, app_cpus)
+                cells.append(
+                    {"server": server, "events_per_request": n, "rows": _summaries(measured)}
+                )
     return {
-        "seconds": seconds,
+        "seconds": plan.seconds,
         "warmup_seconds": plan.warmup,
-        "rounds": rounds,
+        "rounds": plan.rounds,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "placement": describe(ingest_cpus, app_cpus).replace("clients", "app server"),
-        "load": f"wrk -t{wrk.THREADS} -c{wrk.CONNECTIONS} -d{max(1, round(seconds))}s --latency"
-        + (" (real-time priority)" if wrk.runs_first() else ""),
+        "load": f"wrk -t{wrk.THREADS} -c{wrk.CONNECTIONS} -d{max(1, round(plan.seconds))}s"
+        " --latency" + (" (real-time priority)" if wrk.runs_first() else ""),
         "cells": cells,
     }
 
 
-def _summaries(by_row: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Each row's medians over the rounds, its loss against ``none`` in the same round, and
-    the events of every round added up: one lost event anywhere shows."""
-    baseline = by_row[NONE]
+def _summaries(by_row: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each row's medians over its windows, its loss against ``none`` in the same round,
+    and its events: one lost event shows."""
+    baseline = by_row[NONE]["windows"]
     summaries = {}
-    for row, rounds in by_row.items():
+    for row, measured in by_row.items():
+        windows = measured["windows"]
         losses = [
-            (1 - result["requests_per_second"] / none["requests_per_second"]) * 100
-            for result, none in zip(rounds, baseline)
+            (1 - window["requests_per_second"] / none["requests_per_second"]) * 100
+            for window, none in zip(windows, baseline)
         ]
         # The worker's CPU per request moves less with the machine's load than requests/s
         # do: the extra over ``none`` is what the row's tracking costs each request.
         extra_cpu = [
-            result["cpu_us_per_request"] - none["cpu_us_per_request"]
-            for result, none in zip(rounds, baseline)
+            window["cpu_us_per_request"] - none["cpu_us_per_request"]
+            for window, none in zip(windows, baseline)
         ]
-        summaries[row] = {
+        summary = {
             **{
-                key: statistics.median(result[key] for result in rounds)
+                key: statistics.median(window[key] for window in windows)
                 for key in ("requests_per_second", "p50_us", "p99_us", "cpu_us_per_request")
             },
             "loss_percent": statistics.median(losses),
             "extra_cpu_us_per_request": statistics.median(extra_cpu),
-            "ingest_requests": statistics.median(result["ingest_requests"] for result in rounds),
-            **{
-                key: sum(result[key] for result in rounds)
-                for key in ("tracked", "stored", "stored_distinct", "load_errors")
-            },
-            "graceful_exits": sum(result["graceful_exit"] for result in rounds),
-            "retries": sum(result.get("retried", False) for result in rounds),
-            "rounds": rounds,
+            "load_errors": sum(window["load_errors"] for window in windows),
+            "retries": sum(window.get("retried", False) for window in windows),
+            **{key: value for key, value in measured.items() if key != "windows"},
+            "windows": windows,
         }
-        summary = summaries[row]
         expected = summary["tracked"] if row in DELIVERING_ROWS else 0
         summary["exactly_once"] = summary["stored"] == summary["stored_distinct"] == expected
+        summaries[row] = summary
     return summaries
 
 
@@ -346,12 +359,12 @@ def markdown(results: dict[str, Any]) -> str:
                 if summary["load_errors"]
             ]
             + [
-                f"{row}: {len(summary['rounds']) - summary['graceful_exits']} stops not graceful"
+                f"{row}: its server did not stop gracefully"
                 for row, summary in cell["rows"].items()
-                if summary["graceful_exits"] != len(summary["rounds"])
+                if not summary["graceful_exit"]
             ]
             + [
-                f"{row}: {summary['retries']} measurements repeated (no request answered)"
+                f"{row}: {summary['retries']} windows repeated (no request answered)"
                 for row, summary in cell["rows"].items()
                 if summary["retries"]
             ]
@@ -422,9 +435,9 @@ def _choose(given: str | None, names: tuple[str, ...], what: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="load per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="load before measuring")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of every measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="load per window")
+    parser.add_argument("--warmup", type=float, default=1.0, help="load before the windows")
+    parser.add_argument("--rounds", type=int, default=8, help="windows of every row")
     parser.add_argument("--servers", help=f"comma-separated, of: {', '.join(SERVERS)}")
     parser.add_argument("--rows", help=f"comma-separated, of: {', '.join(ROWS)} (none always)")
     parser.add_argument(
@@ -450,7 +463,7 @@ def main() -> None:
         arguments.warmup,
         arguments.rounds,
     )
-    results = run_rounds(plan)
+    results = run_cells(plan)
     results["wall_seconds"] = time.monotonic() - began
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "app_overhead.json").write_bytes(

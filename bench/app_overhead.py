@@ -75,7 +75,7 @@ QUIET_CPU_SECONDS = 0.01
 SETTLE_AT_MOST = 30.0
 
 
-def _settle(pid: int) -> float:
+def settle(pid: int) -> float:
     """Wait until process ``pid`` is quiet (what it queued is delivered); return how long
     that took."""
     began = time.monotonic()
@@ -94,7 +94,7 @@ def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
     until it is quiet again (delivery after the window is the row's cost too)."""
     cpu_before = process_cpu_seconds(app.worker_pid)
     load = wrk.run(app.url + "/", seconds)
-    settle_seconds = _settle(app.worker_pid)
+    settle_seconds = settle(app.worker_pid)
     cpu_seconds = process_cpu_seconds(app.worker_pid) - cpu_before
     return {
         "requests": load.requests,
@@ -129,9 +129,9 @@ def measure_cell(
                 )
         for app in apps.values():
             wrk.run(app.url + "/", plan.warmup)
-            _settle(app.worker_pid)
+            settle(app.worker_pid)
         for round_number in range(plan.rounds):
-            for row in _rotated(plan.rows, round_number):
+            for row in rotated(plan.rows, round_number):
                 window = _window(apps[row], plan.seconds)
                 if window["requests"] == 0:
                     # Seen once: gunicorn's sync worker answered nothing for a whole
@@ -165,7 +165,7 @@ def measure_cell(
     return results
 
 
-def _rotated(rows: list[str], round_number: int) -> list[str]:
+def rotated(rows: list[str], round_number: int) -> list[str]:
     """The rows in an order that starts one later each round: no row is always first."""
     shift = round_number % len(rows)
     return rows[shift:] + rows[:shift]

@@ -36,6 +36,18 @@ def process_cpu_seconds(pid: int) -> float:
     return cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
+def cpu_seconds_by_thread(pid: int) -> dict[int, float]:
+    """CPU time so far of each live thread of process ``pid``, by its id
+    (``threading.get_native_id()`` in that thread). Threads that have ended are missing."""
+    seconds = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds[int(task.name)] = cpu_seconds(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended while we looked
+    return seconds
+
+
 def context_switches(status: Path) -> int:
     """Voluntary plus involuntary context switches of the task whose ``status`` this is:
     each is the thread going off the CPU, so each is followed by one wake-up."""

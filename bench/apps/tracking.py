@@ -30,6 +30,9 @@ from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, keywords
 ROW_VARIABLE = "SEGOPS_BENCH_ROW"
 EVENTS_VARIABLE = "SEGOPS_BENCH_EVENTS_PER_REQUEST"
 INGEST_URL_VARIABLE = "SEGOPS_BENCH_INGEST_URL"
+#: Where the segops_fast row writes the CPU time of its delivery steps at exit, when set
+#: (``bench/app_profile.py``; see :mod:`apps.flusher_profile`).
+FLUSHER_PROFILE_VARIABLE = "SEGOPS_BENCH_FLUSHER_PROFILE"
 
 #: The path that answers how many events the worker has tracked, tracking none itself.
 TRACKED_PATH = "/_tracked"
@@ -131,6 +134,11 @@ class RequestTracker:
 
 
 def from_environment() -> RequestTracker:
+    profile = os.environ.get(FLUSHER_PROFILE_VARIABLE)
+    if profile and os.environ[ROW_VARIABLE] == SEGOPS_FAST:
+        from apps.flusher_profile import install  # noqa: PLC0415
+
+        install(profile)
     return RequestTracker(
         os.environ[ROW_VARIABLE],
         int(os.environ[EVENTS_VARIABLE]),

@@ -1,0 +1,173 @@
+"""Where segops_fast's cost goes inside a web app: per thread, and per step of delivery.
+
+    python bench/app_profile.py                 # about 2 minutes; writes results/app_profile.txt
+    python bench/app_profile.py --server gunicorn-gthread --events-per-request 1
+
+Runs three rows of ``bench/app_overhead.py`` (none, essence, segops_fast) in one app
+server each, started together, and gives them load in turns (``--rounds`` windows of
+``--seconds`` each, the same placement, wrk at a real-time priority). For each window it
+reads every thread's CPU time from ``/proc``, and reports per request, as medians of the
+windows:
+
+* the app's threads (for the sync worker, its one thread: the app and every track()
+  call), against ``none``'s and ``essence``'s;
+* segops_fast's own threads: the flusher, and the senders if any started.
+
+The segops_fast worker also counts, in its own process, the CPU time of each step of
+delivery (``bench/apps/flusher_profile.py``): taking events from the buffer, cutting
+them into batches, rendering the bodies, and the request itself (urllib3 and the
+socket). Those are reported per event and per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import wrk
+from app_overhead import RESULTS, rotated, settle
+from app_servers import SERVERS, RunningApp, serving
+from apps.tracking import ESSENCE, FLUSHER_PROFILE_VARIABLE, NONE
+from clients import SEGOPS_FAST
+from placement import describe, on_cpus, server_and_client_cpus
+from proc_usage import cpu_seconds_by_thread
+
+from segops_fast.testing import IngestServerProcess
+
+ROWS = (NONE, ESSENCE, SEGOPS_FAST)
+
+
+def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
+    """The requests of one window, and the CPU time each thread of the worker used."""
+    before = cpu_seconds_by_thread(app.worker_pid)
+    load = wrk.run(app.url + "/", seconds)
+    settle(app.worker_pid)
+    after = cpu_seconds_by_thread(app.worker_pid)
+    return {
+        "requests": load.requests,
+        "requests_per_second": load.requests_per_second,
+        "threads": {thread: used - before.get(thread, 0.0) for thread, used in after.items()},
+    }
+
+
+def _per_request(window: dict[str, Any], client_threads: set[int]) -> dict[str, float]:
+    """CPU per request of the app's threads and of segops_fast's, in one window."""
+    threads = window["threads"]
+    client = sum(used for thread, used in threads.items() if thread in client_threads)
+    per_request = 1e6 / max(1, window["requests"])
+    return {
+        "requests_per_second": window["requests_per_second"],
+        "app_us": (sum(threads.values()) - client) * per_request,
+        "client_us": client * per_request,
+    }
+
+
+def measure(server: str, events_per_request: int, seconds: float, rounds: int) -> dict[str, Any]:
+    ingest_cpus, app_cpus = server_and_client_cpus()
+    windows: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
+    with tempfile.TemporaryDirectory() as scratch:
+        profile = Path(scratch) / "flusher_profile.json"
+        os.environ[FLUSHER_PROFILE_VARIABLE] = str(profile)
+        with on_cpus(ingest_cpus), contextlib.ExitStack() as stack:
+            ingest = stack.enter_context(IngestServerProcess())
+            apps = {}
+            with on_cpus(app_cpus):
+                for row in ROWS:
+                    apps[row] = stack.enter_context(
+                        serving(SERVERS[server], row, events_per_request, ingest.url)
+                    )
+            for app in apps.values():
+                wrk.run(app.url + "/", 1.0)
+                settle(app.worker_pid)
+            for round_number in range(rounds):
+                for row in rotated(list(ROWS), round_number):
+                    windows[row].append(_window(apps[row], seconds))
+                    print(f"round {round_number + 1}/{rounds} {row}", file=sys.stderr, flush=True)
+            for app in apps.values():
+                app.stop()
+        # Written at the worker's exit, which uvicorn's worker skips (README, ASGI).
+        steps = orjson.loads(profile.read_bytes()) if profile.exists() else {}
+    client_threads = set(steps.get("threads", ()))
+    medians = {}
+    for row, measured in windows.items():
+        per_request = [_per_request(window, client_threads) for window in measured]
+        medians[row] = {
+            key: statistics.median(window[key] for window in per_request) for key in per_request[0]
+        }
+    return {
+        "server": server,
+        "events_per_request": events_per_request,
+        "rounds": rounds,
+        "seconds": seconds,
+        "placement": describe(ingest_cpus, app_cpus).replace("clients", "app servers"),
+        "rows": medians,
+        "steps": steps,
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    rows, steps = results["rows"], results["steps"]
+    n = results["events_per_request"]
+    none, essence, fast = rows[NONE], rows[ESSENCE], rows[SEGOPS_FAST]
+    lines = [
+        f"{results['server']}, {n} event{'s' if n > 1 else ''} per request; windows of"
+        f" {results['seconds']:g} s in turns, medians of {results['rounds']} rounds;"
+        f" {results['placement']}.",
+        "",
+        "CPU per request (us)                       none   essence  segops_fast",
+        f"the app's threads (app and track())    {none['app_us']:8.1f}  {essence['app_us']:8.1f}"
+        f"  {fast['app_us']:11.1f}",
+        f"segops_fast's threads (delivery)       {'-':>8}  {'-':>8}  {fast['client_us']:11.1f}",
+        f"more than none, in all                 {'-':>8}"
+        f"  {essence['app_us'] - none['app_us']:+8.1f}"
+        f"  {fast['app_us'] + fast['client_us'] - none['app_us']:+11.1f}",
+        f"requests/s                             {none['requests_per_second']:8,.0f}"
+        f"  {essence['requests_per_second']:8,.0f}  {fast['requests_per_second']:11,.0f}",
+    ]
+    events, requests = steps.get("events", 0), steps.get("requests", 0)
+    if events and requests:
+        request_path = steps["attempt"] - steps["render"]
+        lines += [
+            "",
+            f"segops_fast's delivery, step by step, in the worker ({events:,} events in"
+            f" {steps['cycles']:,} cycles, {requests:,} requests; thread CPU time):",
+            "",
+            f"take the waiting events from the buffer   {steps['take'] / events:6.0f} ns/event",
+            f"cut them into batches                     {steps['cut'] / events:6.0f} ns/event",
+            f"render each body (timestamps, join)       {steps['render'] / events:6.0f} ns/event",
+            f"send it (urllib3, the socket, the answer) {request_path / events:6.0f} ns/event"
+            f"  ({request_path / requests / 1000:,.0f} us/request)",
+            f"all four                                  "
+            f"{(steps['take'] + steps['cut'] + steps['attempt']) / events:6.0f} ns/event",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="gunicorn-sync", choices=list(SERVERS))
+    parser.add_argument("--events-per-request", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=4.0, help="load per window")
+    parser.add_argument("--rounds", type=int, default=6, help="windows of every row")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    arguments = parser.parse_args()
+    if not wrk.available():
+        raise SystemExit("wrk is not installed (apt install wrk)")
+    results = measure(
+        arguments.server, arguments.events_per_request, arguments.seconds, arguments.rounds
+    )
+    text = report(results)
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    (arguments.out / "app_profile.txt").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """What an analytics client costs a real web app: requests/s and latency under HTTP load.
 
     pip install -e ".[dev,bench]" uvicorn     # and wrk (apt install wrk)
-    python bench/app_overhead.py              # about 20 minutes; writes results/app_overhead.*
+    python bench/app_overhead.py              # about 15 minutes; writes results/app_overhead.*
     python bench/app_overhead.py --rounds 2 --servers uvicorn --rows segops_fast
 
 Real servers, one worker each: gunicorn's sync worker, gunicorn's gthread worker (4
@@ -17,12 +17,16 @@ For each server and N, every row gets its own app server and its own LocalIngest
 all started together. After ``--warmup`` seconds of load on each, the rows take turns:
 ``--rounds`` rounds, in each of which every row gets one window of ``wrk -t1 -c4
 -d{seconds}s --latency``, in an order that rotates from round to round. This machine's
-speed drifts by up to 2x over seconds (one 8 s window of the essence row ran at 4,004
-requests/s, its next at 1,635); short windows taken in turns meet the same drift, and
-each figure is the median of a row's windows. "vs none" compares each window with
+speed drifts by up to 2x over seconds (in the committed results, the essence row's
+windows under the sync worker at 10 events per request ran at 1,852 to 5,010
+requests/s); short windows taken in turns meet the same drift, and each figure is the
+median of a row's windows. "vs none" compares each window with
 ``none``'s in the same round. After each window the script waits until the worker is
-quiet (what it queued is delivered), and counts that CPU time too: delivery after the
-load is the row's cost as well. At the end each server is stopped gracefully (SIGTERM:
+quiet, and counts that CPU time too: delivery after the load is the row's cost as well.
+Quiet is less than one clock tick of CPU in 0.2 s, so a client that waits before sending
+what is left (segops_fast, Segment and PostHog wait up to 0.5 s) may send its last
+request after that: about half a millisecond of CPU, a few hundredths of a percent of a
+window's. At the end each server is stopped gracefully (SIGTERM:
 clients flush as they do at exit; the peers whose documentation asks for an explicit
 shutdown get one), and each ingest server counts the events stored (total and
 distinct) and the requests received.
@@ -68,7 +72,7 @@ EXTRA_LOSS_POINTS_AT_ONE_EVENT = 0.5
 P99_RATIO_AT_ONE_EVENT = 1.10
 LOSS_RATIO_AT_TEN_EVENTS = 1.2
 
-#: Waiting for a worker to be quiet after a window (:func:`_settle`): quiet means less than
+#: Waiting for a worker to be quiet after a window (:func:`settle`): quiet means less than
 #: one clock tick of CPU (``/proc`` counts in ticks of 10 ms) in a step.
 SETTLE_STEP = 0.2
 QUIET_CPU_SECONDS = 0.01
@@ -76,8 +80,8 @@ SETTLE_AT_MOST = 30.0
 
 
 def settle(pid: int) -> float:
-    """Wait until process ``pid`` is quiet (what it queued is delivered); return how long
-    that took."""
+    """Wait until process ``pid`` is quiet (see the module's docstring for what that
+    misses); return how long that took."""
     began = time.monotonic()
     last = process_cpu_seconds(pid)
     while time.monotonic() - began < SETTLE_AT_MOST:
@@ -322,9 +326,11 @@ def _stored_of_tracked(row: str, summary: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"{results['load']} after a {results['warmup_seconds']:g} s warm-up; one worker per"
-        f" server, Python {results['python']}, {results['cpus']} CPUs, {results['placement']};"
-        f" each figure the median of {results['rounds']} rounds (events: all rounds added up).",
+        f"{results['load']} after a {results['warmup_seconds']:g} s warm-up; one app server"
+        f" per row, one worker each, Python {results['python']}, {results['cpus']} CPUs,"
+        f" {results['placement']};"
+        f" each figure the median of {results['rounds']} windows taken in turns (events: over"
+        " each app server's whole run, warm-up included).",
         "",
         "vs none: requests/s against no analytics in the same round. CPU/request: the worker"
         " process, all its threads. Exactly once: the events stored at the ingest server"

@@ -2,7 +2,7 @@
 
     python bench/request_path.py       # about 30 s; writes bench/results/request_path.txt
 
-One body of 1,000 rendered events (as segops_fast sends them, about 140 KB), POSTed to a
+One body of 1,000 rendered events (as segops_fast sends them, about 130 KB), POSTed to a
 LocalIngestServer process on the other CPU over one keep-alive connection, three ways:
 through urllib3's connection pool (as segops_fast's transport does), through the
 standard library's ``http.client``, and written to a raw socket with the answer read in

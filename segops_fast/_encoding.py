@@ -125,36 +125,38 @@ def render_events(parts: list[bytes], records: Iterable[Record]) -> None:
     """Append the pieces of each record's complete JSON object to ``parts``, comma-separated.
 
     Pieces rather than whole objects, so that a batch body is one ``join`` with no
-    intermediate bytes object per event. The timestamp is three pieces with no
-    formatting: everything up to the millisecond, built once per millisecond (events
-    tracked in the same millisecond share it), the microseconds with the text after
-    them, from a table, and the stored fields. ``pytest bench -k assembly`` (cutting and
-    rendering 5,000 events) measured a median of 1.23 ms this way, against 1.52 ms with a
-    piece for each part of the timestamp.
+    intermediate bytes object per event; the timestamp is assembled from cached pieces
+    (the date and time of the second, and two three-digit groups) with no formatting.
     Every event's first piece starts with the comma that separates it from the one before,
     and the first event's comma is cut off at the end: one slice instead of a test per
     event, on the thread that competes with ``track()`` for the GIL.
     """
     start = len(parts)
-    last_millisecond, up_to_millisecond = -1, b""
-    microseconds_and_after = _MICROSECONDS_AND_AFTER
+    last_second, second_text = -1, b""
+    digits = _THREE_DIGITS
     for stamp, fields in records:
         if stamp is None:
             parts += (b",{", fields)
         else:
-            millisecond = stamp // 1_000_000
-            if millisecond != last_millisecond:
-                last_millisecond = millisecond
-                second, thousandths = divmod(millisecond, 1000)
-                # occurred_at goes in front of the stored fields; JSON objects are unordered.
-                up_to_millisecond = b',{"occurred_at":"%s%03d' % (_second_text(second), thousandths)
-            parts += (up_to_millisecond, microseconds_and_after[stamp // 1000 % 1000], fields)
+            second, nanosecond = divmod(stamp, 1_000_000_000)
+            if second != last_second:
+                last_second, second_text = second, _second_text(second)
+            # occurred_at goes in front of the stored fields; JSON objects are unordered.
+            parts += (
+                b',{"occurred_at":"',
+                second_text,
+                digits[nanosecond // 1_000_000],
+                digits[nanosecond // 1000 % 1000],
+                b'+00:00",',
+                fields,
+            )
     if len(parts) > start:
         parts[start] = parts[start][1:]
 
 
-#: ``123+00:00",`` for each count of microseconds past the millisecond.
-_MICROSECONDS_AND_AFTER = [b'%03d+00:00",' % number for number in range(1000)]
+_THREE_DIGITS = [b"%03d" % number for number in range(1000)]
+
+
 # The last second rendered, as one tuple so that threads replace it atomically.
 _last_second: tuple[int, bytes] = (-1, b"")
 

@@ -30,6 +30,9 @@ json_values = st.recursive(
 )
 payloads = st.dictionaries(st.text(), json_values, max_size=6)
 
+#: 2025-12-01T00:00:00+00:00, in nanoseconds since the epoch.
+_A_SECOND_STARTS = 1_764_547_200 * 10**9
+
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=payloads, user_id=st.text(min_size=1), event_type=st.text(min_size=1))
@@ -159,8 +162,16 @@ def test_batches_keep_order_fit_their_bound_and_are_as_full_as_it_allows(
 @given(
     events=st.lists(
         st.tuples(
-            # From the epoch to the year 2100, in nanoseconds, or the caller's own occurred_at.
-            st.one_of(st.none(), st.integers(min_value=0, max_value=4_102_444_800 * 10**9 - 1)),
+            # From the epoch to the year 2100, in nanoseconds, or the caller's own occurred_at;
+            # and stamps within 2 ms of a second's start, which share their second and their
+            # millisecond and cross from one second to the next, as a burst of events does.
+            st.one_of(
+                st.none(),
+                st.integers(min_value=0, max_value=4_102_444_800 * 10**9 - 1),
+                st.integers(
+                    min_value=_A_SECOND_STARTS - 2_000_000, max_value=_A_SECOND_STARTS + 2_000_000
+                ),
+            ),
             st.integers(min_value=0, max_value=2**63),
         ),
         max_size=40,

@@ -6,7 +6,9 @@ render each body, send it) with counters of the calling thread's CPU time
 (``time.thread_time_ns``), notes which threads did that work (their native ids: Python
 before 3.14 does not name threads for the kernel, so ``/proc`` cannot tell them apart),
 and at exit writes all of it as JSON to the path given. The
-wrappers cost a few microseconds per cycle, nothing per event. segops_fast itself has no
+wrappers cost a few microseconds per cycle, nothing per event. The counters are not
+updated atomically: exact for the profiled worker, whose cycles have one batch and no
+sender thread, and close otherwise. segops_fast itself has no
 such hooks: this module reaches into its private modules, which is fine for a benchmark
 of the version it ships with and nothing else.
 """

@@ -18,18 +18,18 @@ all started together. After ``--warmup`` seconds of load on each, the rows take 
 ``--rounds`` rounds, in each of which every row gets one window of ``wrk -t1 -c4
 -d{seconds}s --latency``, in an order that rotates from round to round. This machine's
 speed drifts by up to 2x over seconds (in the committed results, the essence row's
-windows under the sync worker at 10 events per request ran at 1,852 to 5,010
-requests/s); short windows taken in turns meet the same drift, and each figure is the
-median of a row's windows. "vs none" compares each window with
-``none``'s in the same round. After each window the script waits until the worker is
-quiet, and counts that CPU time too: delivery after the load is the row's cost as well.
-Quiet is less than one clock tick of CPU in 0.2 s, so a client that waits before sending
-what is left (segops_fast, Segment and PostHog wait up to 0.5 s) may send its last
-request after that: about half a millisecond of CPU, a few hundredths of a percent of a
-window's. At the end each server is stopped gracefully (SIGTERM:
-clients flush as they do at exit; the peers whose documentation asks for an explicit
-shutdown get one), and each ingest server counts the events stored (total and
-distinct) and the requests received.
+windows under gthread at 10 events per request ran at 2,693 to 5,610 requests/s);
+short windows taken in turns meet the same drift, and each figure is the median of a
+row's windows. "vs none" compares each window with ``none``'s in the same round.
+
+After each window the script waits until the worker is quiet, and counts that CPU time
+too: delivery after the load is the row's cost as well. Quiet is less than one clock
+tick of CPU in 0.2 s, so a client that waits before sending what is left (segops_fast,
+Segment and PostHog wait up to 0.5 s) may send its last request after that: about half
+a millisecond of CPU, a few hundredths of a percent of a window's. At the end each
+server is stopped gracefully (SIGTERM: clients flush as they do at exit; the peers whose
+documentation asks for an explicit shutdown get one), and each ingest server counts the
+events stored (total and distinct) and the requests received.
 
 Placement (``bench/placement.py``): the app servers on one CPU; the ingest servers, wrk
 and this script on the other, wrk at a real-time priority where it may have one (see

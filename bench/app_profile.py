@@ -1,6 +1,6 @@
 """Where segops_fast's cost goes inside a web app: per thread, and per step of delivery.
 
-    python bench/app_profile.py                 # about 2 minutes; writes results/app_profile.txt
+    python bench/app_profile.py                 # about 3 minutes; writes results/app_profile.txt
     python bench/app_profile.py --server gunicorn-gthread --events-per-request 1
 
 Runs three rows of ``bench/app_overhead.py`` (none, essence, segops_fast) in one app
@@ -157,7 +157,7 @@ def main() -> None:
     )
     parser.add_argument("--events-per-request", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=4.0, help="load per window")
-    parser.add_argument("--rounds", type=int, default=6, help="windows of every row")
+    parser.add_argument("--rounds", type=int, default=10, help="windows of every row")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     arguments = parser.parse_args()
     if not wrk.available():

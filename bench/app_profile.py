@@ -1,13 +1,14 @@
 """Where segops_fast's cost goes inside a web app: per thread, and per step of delivery.
 
-    python bench/app_profile.py                 # about 3 minutes; writes results/app_profile.txt
+    python bench/app_profile.py                 # about 4 minutes; writes results/app_profile.txt
     python bench/app_profile.py --server gunicorn-gthread --events-per-request 1
 
-Runs three rows of ``bench/app_overhead.py`` (none, essence, segops_fast) in one app
-server each, started together, and gives them load in turns (``--rounds`` windows of
-``--seconds`` each, the same placement, wrk at a real-time priority). For each window it
-reads every thread's CPU time from ``/proc``, and reports per request, as medians of the
-windows:
+Runs three rows of ``bench/app_overhead.py`` (none, essence, segops_fast), and
+segops_fast holding every event until it exits (so that its flusher does nothing while
+measured), in one app server each, started together, and gives them load in turns
+(``--rounds`` windows of ``--seconds`` each, the same placement, wrk at a real-time
+priority). For each window it reads every thread's CPU time from ``/proc``, and reports
+per request, as medians of the windows:
 
 * the app's threads (for the sync worker, its one thread: the app and every track()
   call), against ``none``'s and ``essence``'s;
@@ -28,20 +29,20 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import wrk
 from app_overhead import RESULTS, rotated, settle
 from app_servers import SERVERS, RunningApp, serving
-from apps.tracking import ESSENCE, FLUSHER_PROFILE_VARIABLE, NONE
+from apps.tracking import ESSENCE, FLUSHER_PROFILE_VARIABLE, NONE, SEGOPS_FAST_HELD
 from clients import SEGOPS_FAST
 from placement import describe, on_cpus, server_and_client_cpus
 from proc_usage import cpu_seconds_by_thread
 
 from segops_fast.testing import IngestServerProcess
 
-ROWS = (NONE, ESSENCE, SEGOPS_FAST)
+ROWS = (NONE, ESSENCE, SEGOPS_FAST, SEGOPS_FAST_HELD)
 
 
 def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
@@ -114,21 +115,31 @@ def measure(server: str, events_per_request: int, seconds: float, rounds: int) -
 def report(results: dict[str, Any]) -> str:
     rows, steps = results["rows"], results["steps"]
     n = results["events_per_request"]
-    none, essence, fast = rows[NONE], rows[ESSENCE], rows[SEGOPS_FAST]
+    none = rows[NONE]
+
+    def line(label: str, value: Callable[[dict[str, float]], str], columns: tuple[str, ...]) -> str:
+        return f"{label:38s}" + "".join(
+            f"{value(rows[row]) if row in columns else '-':>18s}" for row in ROWS
+        )
+
     lines = [
         f"{results['server']}, {n} event{'s' if n > 1 else ''} per request; windows of"
         f" {results['seconds']:g} s in turns, medians of {results['rounds']} rounds;"
-        f" {results['placement']}.",
+        f" {results['placement']}. {SEGOPS_FAST_HELD!r} sends nothing until it exits.",
         "",
-        "CPU per request (us)                       none   essence  segops_fast",
-        f"the app's threads (app and track())    {none['app_us']:8.1f}  {essence['app_us']:8.1f}"
-        f"  {fast['app_us']:11.1f}",
-        f"segops_fast's threads (delivery)       {'-':>8}  {'-':>8}  {fast['client_us']:11.1f}",
-        f"more than none, in all                 {'-':>8}"
-        f"  {essence['app_us'] - none['app_us']:+8.1f}"
-        f"  {fast['app_us'] + fast['client_us'] - none['app_us']:+11.1f}",
-        f"requests/s                             {none['requests_per_second']:8,.0f}"
-        f"  {essence['requests_per_second']:8,.0f}  {fast['requests_per_second']:11,.0f}",
+        f"{'CPU per request (us)':38s}" + "".join(f"{row:>18s}" for row in ROWS),
+        line("the app's threads (app and track())", lambda row: f"{row['app_us']:.1f}", ROWS),
+        line(
+            "segops_fast's threads (delivery)",
+            lambda row: f"{row['client_us']:.1f}",
+            (SEGOPS_FAST,),
+        ),
+        line(
+            "more than none, in all",
+            lambda row: f"{row['app_us'] + row['client_us'] - none['app_us']:+.1f}",
+            ROWS[1:],
+        ),
+        line("requests/s", lambda row: f"{row['requests_per_second']:,.0f}", ROWS),
     ]
     events, requests = steps["events"], steps["requests"]
     if events and requests:

@@ -27,6 +27,9 @@ from typing import Callable
 import orjson
 from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, keywords
 
+import segops_fast
+from segops_fast.testing import DEFAULT_SECRET_KEY
+
 ROW_VARIABLE = "SEGOPS_BENCH_ROW"
 EVENTS_VARIABLE = "SEGOPS_BENCH_EVENTS_PER_REQUEST"
 INGEST_URL_VARIABLE = "SEGOPS_BENCH_INGEST_URL"
@@ -69,6 +72,23 @@ def _essence(url: str) -> Client:
     return Client(track, keywords, lambda: None, lambda: None)
 
 
+#: More than any profiling run tracks: the held row's queue never fills or wakes its flusher.
+_HELD_EVENTS = 5_000_000
+
+
+def _segops_fast_held(url: str) -> Client:
+    """segops_fast sending nothing until the process exits: what track() alone costs an
+    app, without the flusher's work on the same CPU (``bench/app_profile.py``)."""
+    client = segops_fast.SegOpsClient(
+        url,
+        DEFAULT_SECRET_KEY,
+        batch_size=_HELD_EVENTS,
+        max_queue_size=_HELD_EVENTS,
+        flush_interval=3600.0,
+    )
+    return Client(client.track, keywords, client.flush, client.shutdown)
+
+
 #: Each row but ``none``: how its client is built, given the ingest server's URL.
 CLIENT_ROWS: dict[str, Callable[[str], Client]] = {
     FLOOR: BUILDERS[NO_OP],
@@ -79,6 +99,9 @@ CLIENT_ROWS: dict[str, Callable[[str], Client]] = {
     POSTHOG: BUILDERS["posthog 7.91.1"],
 }
 ROWS = (NONE, *CLIENT_ROWS)
+#: Rows for profiling only, not compared with the peers.
+SEGOPS_FAST_HELD = "segops_fast, held"
+PROFILE_ROWS: dict[str, Callable[[str], Client]] = {SEGOPS_FAST_HELD: _segops_fast_held}
 #: The rows whose clients store events at the ingest server.
 DELIVERING_ROWS = (SEGOPS_FAST, SEGOPS, SEGMENT, POSTHOG)
 #: The clients whose documentation says to shut them down before the process exits:
@@ -96,11 +119,12 @@ class RequestTracker:
     """The tracking work of one request, for one row; safe to call from many threads."""
 
     def __init__(self, row: str, events_per_request: int, ingest_url: str) -> None:
-        if row not in ROWS:
-            raise ValueError(f"{ROW_VARIABLE} must be one of {ROWS}, got {row!r}")
+        builders = {**CLIENT_ROWS, **PROFILE_ROWS}
+        if row != NONE and row not in builders:
+            raise ValueError(f"{ROW_VARIABLE} must be one of {(NONE, *builders)}, got {row!r}")
         self.row = row
         self.events_per_request = events_per_request
-        self._client = None if row == NONE else CLIENT_ROWS[row](ingest_url)
+        self._client = None if row == NONE else builders[row](ingest_url)
         # next() on a count is atomic under the GIL: every event gets a number of its own.
         self._numbers = itertools.count()
         self._pid = os.getpid()

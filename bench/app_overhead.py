@@ -49,9 +49,10 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import wrk
@@ -111,6 +112,57 @@ def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def warm_apps(
+    server: AppServer,
+    ingest_urls: dict[str, str],
+    events_per_request: int,
+    warmup: float,
+    app_cpus: set[int] | None,
+) -> Iterator[dict[str, RunningApp]]:
+    """An app server for each row of ``ingest_urls`` (sending to its URL), started together
+    on ``app_cpus``, each warmed up with ``warmup`` seconds of load and quiet again; each
+    is stopped at the end of the block unless it was already."""
+    with contextlib.ExitStack() as stack:
+        apps: dict[str, RunningApp] = {}
+        with on_cpus(app_cpus):
+            for row, url in ingest_urls.items():
+                apps[row] = stack.enter_context(serving(server, row, events_per_request, url))
+        for app in apps.values():
+            wrk.run(app.url + "/", warmup)
+            settle(app.worker_pid)
+        yield apps
+
+
+def take_turns(
+    apps: dict[str, RunningApp],
+    rounds: int,
+    window: Callable[[RunningApp], dict[str, Any]],
+    label: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """``rounds`` rounds of one ``window`` per row, in an order that rotates; each row's
+    windows in the order taken. ``window`` returns at least ``requests`` and
+    ``requests_per_second``."""
+    windows: dict[str, list[dict[str, Any]]] = {row: [] for row in apps}
+    for round_number in range(rounds):
+        for row in rotated(list(apps), round_number):
+            measured = window(apps[row])
+            if measured["requests"] == 0:
+                # Seen once: gunicorn's sync worker answered nothing for a whole window,
+                # with no error at wrk; a stall, not a figure of the row.
+                print(f"{label} {row}: no request answered; measuring again",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                measured = {**window(apps[row]), "retried": True}
+            windows[row].append(measured)
+            print(
+                f"round {round_number + 1}/{rounds} {label} {row}:"
+                f" {measured['requests_per_second']:,.0f} requests/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return windows
+
+
 def measure_cell(
     ingests: dict[str, IngestServerProcess],
     server: AppServer,
@@ -119,38 +171,18 @@ def measure_cell(
     app_cpus: set[int] | None,
 ) -> dict[str, dict[str, Any]]:
     """Every row of one server and N: each row's app server (and ingest server) started
-    together, then ``plan.rounds`` windows per row, interleaved; then each stopped
+    together, then ``plan.rounds`` windows per row, in turns; then each stopped
     gracefully and its events counted at its ingest server."""
     for ingest in ingests.values():
         ingest.reset()
-    windows: dict[str, list[dict[str, Any]]] = {row: [] for row in plan.rows}
-    with contextlib.ExitStack() as stack:
-        apps: dict[str, RunningApp] = {}
-        with on_cpus(app_cpus):
-            for row in plan.rows:
-                apps[row] = stack.enter_context(
-                    serving(server, row, events_per_request, ingests[row].url)
-                )
-        for app in apps.values():
-            wrk.run(app.url + "/", plan.warmup)
-            settle(app.worker_pid)
-        for round_number in range(plan.rounds):
-            for row in rotated(plan.rows, round_number):
-                window = _window(apps[row], plan.seconds)
-                if window["requests"] == 0:
-                    # Seen once: gunicorn's sync worker answered nothing for a whole
-                    # window, with no error at wrk; a stall, not a figure of the row.
-                    print(f"{server.name} {events_per_request}/request {row}: no request"
-                          " answered; measuring again", file=sys.stderr, flush=True)  # fmt: skip
-                    window = {**_window(apps[row], plan.seconds), "retried": True}
-                windows[row].append(window)
-                print(
-                    f"round {round_number + 1}/{plan.rounds} {server.name}"
-                    f" {events_per_request}/request {row}:"
-                    f" {window['requests_per_second']:,.0f} requests/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    ingest_urls = {row: ingests[row].url for row in plan.rows}
+    with warm_apps(server, ingest_urls, events_per_request, plan.warmup, app_cpus) as apps:
+        windows = take_turns(
+            apps,
+            plan.rounds,
+            lambda app: _window(app, plan.seconds),
+            f"{server.name} {events_per_request}/request",
+        )
         tracked = {row: app.tracked() for row, app in apps.items()}
         exit_statuses = {row: app.stop() for row, app in apps.items()}
     results = {}

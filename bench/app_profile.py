@@ -23,18 +23,16 @@ socket). Those are reported per event and per request.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 import wrk
-from app_overhead import RESULTS, rotated, settle
-from app_servers import SERVERS, RunningApp, serving
+from app_overhead import RESULTS, settle, take_turns, warm_apps
+from app_servers import SERVERS, RunningApp
 from apps.tracking import ESSENCE, FLUSHER_PROFILE_VARIABLE, NONE, SEGOPS_FAST_HELD
 from clients import SEGOPS_FAST
 from placement import describe, on_cpus, server_and_client_cpus
@@ -43,6 +41,7 @@ from proc_usage import cpu_seconds_by_thread
 from segops_fast.testing import IngestServerProcess
 
 ROWS = (NONE, ESSENCE, SEGOPS_FAST, SEGOPS_FAST_HELD)
+WARMUP_SECONDS = 1.0
 
 
 def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
@@ -72,27 +71,22 @@ def _per_request(window: dict[str, Any], client_threads: set[int]) -> dict[str, 
 
 def measure(server: str, events_per_request: int, seconds: float, rounds: int) -> dict[str, Any]:
     ingest_cpus, app_cpus = server_and_client_cpus()
-    windows: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
     with tempfile.TemporaryDirectory() as scratch:
         profile = Path(scratch) / "flusher_profile.json"
         os.environ[FLUSHER_PROFILE_VARIABLE] = str(profile)
-        with on_cpus(ingest_cpus), contextlib.ExitStack() as stack:
-            ingest = stack.enter_context(IngestServerProcess())
-            apps = {}
-            with on_cpus(app_cpus):
-                for row in ROWS:
-                    apps[row] = stack.enter_context(
-                        serving(SERVERS[server], row, events_per_request, ingest.url)
-                    )
-            for app in apps.values():
-                wrk.run(app.url + "/", 1.0)
-                settle(app.worker_pid)
-            for round_number in range(rounds):
-                for row in rotated(list(ROWS), round_number):
-                    windows[row].append(_window(apps[row], seconds))
-                    print(f"round {round_number + 1}/{rounds} {row}", file=sys.stderr, flush=True)
-            for app in apps.values():
-                app.stop()
+        with on_cpus(ingest_cpus), IngestServerProcess() as ingest:
+            ingest_urls = dict.fromkeys(ROWS, ingest.url)
+            with warm_apps(
+                SERVERS[server], ingest_urls, events_per_request, WARMUP_SECONDS, app_cpus
+            ) as apps:
+                windows = take_turns(
+                    apps,
+                    rounds,
+                    lambda app: _window(app, seconds),
+                    f"{server} {events_per_request}/request",
+                )
+                for app in apps.values():
+                    app.stop()
         steps = orjson.loads(profile.read_bytes())
     client_threads = set(steps["threads"])
     medians = {}

@@ -26,19 +26,19 @@ Each figure is the median of ``--rounds`` rounds.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
 import timeit
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import orjson
 from clients import BUILDERS, NO_OP, keywords
 from compare import latency_figures, payloads, time_each_call
 from placement import describe, on_cpus, server_and_client_cpus
-from proc_usage import cpu_seconds
+from proc_usage import cpu_seconds_by_thread, process_cpu_seconds
 
 import segops_fast
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
@@ -101,8 +101,8 @@ def _cpu_by_role(server_pid: int) -> dict[str, float]:
     """CPU seconds so far of the producer, the flusher, the senders and the server."""
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
     seconds = dict.fromkeys(("producer_us", "flusher_us", "senders_us"), 0.0)
-    for task in Path("/proc/self/task").iterdir():
-        name = names.get(int(task.name), "")
+    for thread, used in cpu_seconds_by_thread(os.getpid()).items():
+        name = names.get(thread, "")
         if name == "MainThread":
             role = "producer_us"
         elif name == "segops-fast-flusher":
@@ -111,8 +111,8 @@ def _cpu_by_role(server_pid: int) -> dict[str, float]:
             role = "senders_us"
         else:
             continue
-        seconds[role] += cpu_seconds(task / "stat")
-    seconds["server_us"] = cpu_seconds(Path(f"/proc/{server_pid}/stat"))
+        seconds[role] += used
+    seconds["server_us"] = process_cpu_seconds(server_pid)
     return seconds
 
 

@@ -30,6 +30,7 @@ from placement import describe, on_cpus, server_and_client_cpus
 from segops_fast._batching import Batch
 from segops_fast._delivery import BATCH_PATH
 from segops_fast._encoding import encode_event
+from segops_fast._options import DEFAULT_MAX_EVENT_BYTES
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,7 +40,11 @@ EVENTS_PER_BODY = 1_000
 def _body() -> bytes:
     records = [
         encode_event(
-            f"user-{number % 1000}", "page_view", None, {"path": "/home", "i": number}, 32768
+            f"user-{number % 1000}",
+            "page_view",
+            None,
+            {"path": "/home", "i": number},
+            DEFAULT_MAX_EVENT_BYTES,
         )
         for number in range(EVENTS_PER_BODY)
     ]

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import orjson
 
 from segops_fast import _batching, _buffer, _delivery, _flusher
+from segops_fast._encoding import Record
 
 #: What each counter holds: CPU nanoseconds of the step, over all cycles.
 STEPS = ("take", "cut", "render", "attempt")
@@ -47,7 +48,7 @@ def install(path: str) -> None:
 
     take = _buffer.EventBuffer.take
 
-    def counted_take(buffer: _buffer.EventBuffer) -> list[Any]:
+    def counted_take(buffer: _buffer.EventBuffer) -> list[Record]:
         began = time.thread_time_ns()
         records = take(buffer)
         threads.add(threading.get_native_id())
@@ -63,7 +64,7 @@ def install(path: str) -> None:
         threads.add(threading.get_native_id())
         return attempt(delivery, batch)
 
-    _buffer.EventBuffer.take = counted_take  # type: ignore[method-assign]
+    _buffer.EventBuffer.take = counted_take  # type: ignore[method-assign, assignment]
     _flusher.Flusher._batches = timed("cut", _flusher.Flusher._batches)  # type: ignore[method-assign]
     _batching.Batch.render_body = timed("render", _batching.Batch.render_body)  # type: ignore[method-assign]
     _delivery.Delivery.attempt_batch = timed("attempt", counted_attempt)  # type: ignore[method-assign]

@@ -25,10 +25,7 @@ from collections import deque
 from typing import Callable
 
 import orjson
-from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, keywords
-
-import segops_fast
-from segops_fast.testing import DEFAULT_SECRET_KEY
+from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, keywords, segops_fast_with
 
 ROW_VARIABLE = "SEGOPS_BENCH_ROW"
 EVENTS_VARIABLE = "SEGOPS_BENCH_EVENTS_PER_REQUEST"
@@ -76,17 +73,11 @@ def _essence(url: str) -> Client:
 _HELD_EVENTS = 5_000_000
 
 
-def _segops_fast_held(url: str) -> Client:
-    """segops_fast sending nothing until the process exits: what track() alone costs an
-    app, without the flusher's work on the same CPU (``bench/app_profile.py``)."""
-    client = segops_fast.SegOpsClient(
-        url,
-        DEFAULT_SECRET_KEY,
-        batch_size=_HELD_EVENTS,
-        max_queue_size=_HELD_EVENTS,
-        flush_interval=3600.0,
-    )
-    return Client(client.track, keywords, client.flush, client.shutdown)
+#: segops_fast sending nothing until the process exits: what track() alone costs an app,
+#: without the flusher's work on the same CPU (``bench/app_profile.py``).
+_segops_fast_held = segops_fast_with(
+    batch_size=_HELD_EVENTS, max_queue_size=_HELD_EVENTS, flush_interval=3600.0
+)
 
 
 #: Each row but ``none``: how its client is built, given the ingest server's URL.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ._batching import Batch
 from ._errors import SegOpsApiError
+from ._secrets import mask_key
 from ._session import SessionManager
 from ._stats import DeliveryCounters
 from ._transport import Response, Transport, TransportError, UnreachableError
@@ -337,12 +338,6 @@ class _NotSentError(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def mask_key(api_key: str) -> str:
-    """``sk_...abcd``: enough to tell keys apart in a log, not enough to use one."""
-    prefix = api_key[:3] if api_key[:3] in ("sk_", "pk_") else ""
-    return f"{prefix}...{api_key[-4:]}"
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

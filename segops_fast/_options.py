@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ._delivery import mask_key
 from ._proxy import mask_url
+from ._secrets import mask_key
 from ._tls import TLSSettings
 from ._transport import COMPRESSIONS
 

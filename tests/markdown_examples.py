@@ -30,6 +30,7 @@ _NOT_RUN = re.compile(r"^not run:\s*(.+)$")
 _STORES = re.compile(r"^stores (\d+) events?$")
 _FROM = re.compile(r"<!--\s*from\s+(\S+?)(?::\s*(.*?))?\s*-->")
 _QUOTED = re.compile(r'"([^"]+)"')
+_ANY_COMMENT = re.compile(r"<!--.*?-->")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Citation:
     source: str
     #: The figures a paragraph names in its comment; empty for a copied block.
     figures: tuple[str, ...]
-    #: The copied block's lines, or the paragraph's text.
+    #: The copied block's lines, or the paragraph's text without its comments.
     text: tuple[str, ...]
 
     @property
@@ -149,4 +150,5 @@ def _paragraph_around(lines: list[str], comment: int) -> tuple[str, ...]:
     end = comment
     while end < len(lines) and lines[end].strip():
         end += 1
-    return tuple(lines[start:end])
+    # The comment names the figures itself: only the prose around it may count.
+    return tuple(_ANY_COMMENT.sub("", line) for line in lines[start:end])

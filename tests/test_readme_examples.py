@@ -6,18 +6,22 @@ environment a newcomer sets after starting ``segops-fast serve`` (``SEGOPS_API_U
 example) pointing at a LocalIngestServer. It must exit 0, and the server must then hold
 exactly the events the block says it stores (``<!-- stores N events -->``, none without
 it), each once. Blocks marked ``<!-- not run: REASON -->`` are skipped with that reason,
-so the test report lists them.
+so the test report lists them. The ASGI recipe is also served as its comment says, with
+uvicorn, and stopped with SIGTERM: the order it is sent is stored.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from segops_fast.testing import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, LocalIngestServer, PublicKey
 
@@ -79,3 +83,51 @@ def test_python_example_runs_as_pasted(
     assert summary["rejected_requests"] == 0, (summary, finished.stderr)
     assert summary["events"] == block.stores, (summary, finished.stderr)
     assert summary["duplicate_events"] == 0, summary
+
+
+def test_the_asgi_recipe_delivers_an_order_when_uvicorn_is_stopped(
+    server: LocalIngestServer, tmp_path: Path
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    (recipe,) = [block for block in PYTHON_BLOCKS if block.code.startswith(ASGI_RECIPE_FIRST_LINE)]
+    (tmp_path / "app.py").write_text(recipe.code, encoding="utf-8")
+    port = _free_port()
+    uvicorn = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
+        cwd=tmp_path,
+        env=newcomer_environment(server),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert uvicorn.stderr is not None
+    output: list[str] = []
+    try:
+        # uvicorn says when it serves; reading its log is the wait.
+        for line in uvicorn.stderr:
+            output.append(line.decode())
+            if "Uvicorn running on" in output[-1]:
+                break
+        order = {"user_id": "u-1", "total": 42.0}
+        answer = urllib3.request("POST", f"http://127.0.0.1:{port}/orders", json=order)
+        assert answer.status == 200, (answer.data, output)
+        uvicorn.send_signal(signal.SIGTERM)
+        output.append(uvicorn.stderr.read().decode())
+        uvicorn.wait(EXAMPLE_TIMEOUT)
+    finally:
+        if uvicorn.poll() is None:
+            uvicorn.kill()
+            uvicorn.wait()
+    errors = "".join(output)
+    assert [event["payload"] for event in server.events] == [order], errors
+    assert server.summary()["rejected_requests"] == 0
+
+
+ASGI_RECIPE_FIRST_LINE = "# app.py, served by: uvicorn app:app"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

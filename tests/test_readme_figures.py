@@ -22,6 +22,8 @@ README = REPOSITORY / "README.md"
 CITATIONS = citations(README)
 PYPROJECT = (REPOSITORY / "pyproject.toml").read_text(encoding="utf-8")
 PINNED = sorted(set(re.findall(r'"([A-Za-z][\w.-]*)==([\d.]+)"', PYPROJECT)))
+# A list item, a heading, a fence or a table: a line that begins a block of its own.
+STARTS_A_BLOCK = re.compile(r"\s*([-*] |\d+\. |#|```|\|)")
 
 
 def test_the_readme_cites_its_figures() -> None:
@@ -57,3 +59,21 @@ def test_the_readme_names_the_pinned_version(package: str, version: str) -> None
 def _bare(text: str) -> str:
     """The text without whitespace and table bars, which wrapping and alignment change."""
     return re.sub(r"[\s|]", "", text)
+
+
+def test_check_comments_never_split_the_prose() -> None:
+    """A line that starts with ``<!--`` is an HTML block in Markdown, up to its ``-->``: it
+    ends the paragraph before it, and text after it on that line shows as raw HTML. So a
+    comment stands on a line of its own (or inside a table row), and not between two
+    lines of one paragraph."""
+    lines = ["", *README.read_text("utf-8").splitlines(), ""]
+    misplaced = []
+    for number in range(1, len(lines) - 1):
+        line, before, after = lines[number], lines[number - 1], lines[number + 1]
+        if "<!--" not in line or line.lstrip().startswith("|"):
+            continue
+        alone = re.fullmatch(r"\s*(<!--.*?-->)+\s*", line) is not None
+        inside_a_paragraph = bool(before.strip()) and bool(after.strip())
+        if not alone or (inside_a_paragraph and not STARTS_A_BLOCK.match(after)):
+            misplaced.append(f"README.md:{number}")
+    assert not misplaced, misplaced

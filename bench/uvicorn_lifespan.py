@@ -21,7 +21,6 @@ import importlib.metadata
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import urllib3
+from app_servers import free_port
 
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 
@@ -71,13 +71,6 @@ SERVERS = {
 
 EVENTS_PER_REQUEST = 5
 STOP_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_app(directory: Path, lifespan: bool) -> None:

@@ -13,8 +13,8 @@ uvicorn, and stopped with SIGTERM: the order it is sent is stored.
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +30,8 @@ from .markdown_examples import CodeBlock, code_blocks
 README = Path(__file__).resolve().parent.parent / "README.md"
 PYTHON_BLOCKS = [block for block in code_blocks(README) if block.language == "python"]
 HMAC_SECRET = "5e" * 32
+# The ASGI recipe's first line says how it is served, and the test serves it that way.
+ASGI_RECIPE_FIRST_LINE = "# app.py, served by: uvicorn app:app"
 # Longer than any example needs (the multiprocessing one starts 4 spawned interpreters).
 EXAMPLE_TIMEOUT = 120.0
 # Proxies from the environment would carry loopback requests away from the local server.
@@ -92,9 +94,8 @@ def test_the_asgi_recipe_delivers_an_order_when_uvicorn_is_stopped(
     pytest.importorskip("fastapi")
     (recipe,) = [block for block in PYTHON_BLOCKS if block.code.startswith(ASGI_RECIPE_FIRST_LINE)]
     (tmp_path / "app.py").write_text(recipe.code, encoding="utf-8")
-    port = _free_port()
     uvicorn = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "app:app", "--port", "0"],
         cwd=tmp_path,
         env=newcomer_environment(server),
         stdout=subprocess.DEVNULL,
@@ -102,14 +103,18 @@ def test_the_asgi_recipe_delivers_an_order_when_uvicorn_is_stopped(
     )
     assert uvicorn.stderr is not None
     output: list[str] = []
+    url = ""
     try:
-        # uvicorn says when it serves; reading its log is the wait.
+        # uvicorn says when it serves, and on which port; reading its log is the wait.
         for line in uvicorn.stderr:
             output.append(line.decode())
-            if "Uvicorn running on" in output[-1]:
+            serving = re.search(r"Uvicorn running on (http://\S+)", output[-1])
+            if serving:
+                url = serving.group(1)
                 break
+        assert url, "".join(output)
         order = {"user_id": "u-1", "total": 42.0}
-        answer = urllib3.request("POST", f"http://127.0.0.1:{port}/orders", json=order)
+        answer = urllib3.request("POST", f"{url}/orders", json=order)
         assert answer.status == 200, (answer.data, output)
         uvicorn.send_signal(signal.SIGTERM)
         output.append(uvicorn.stderr.read().decode())
@@ -121,13 +126,3 @@ def test_the_asgi_recipe_delivers_an_order_when_uvicorn_is_stopped(
     errors = "".join(output)
     assert [event["payload"] for event in server.events] == [order], errors
     assert server.summary()["rejected_requests"] == 0
-
-
-ASGI_RECIPE_FIRST_LINE = "# app.py, served by: uvicorn app:app"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port

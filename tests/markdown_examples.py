@@ -31,6 +31,7 @@ _STORES = re.compile(r"^stores (\d+) events?$")
 _FROM = re.compile(r"<!--\s*from\s+(\S+?)(?::\s*(.*?))?\s*-->")
 _QUOTED = re.compile(r'"([^"]+)"')
 _ANY_COMMENT = re.compile(r"<!--.*?-->")
+_CODE_SPAN = re.compile(r"`+[^`]*`+")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def citations(path: Path) -> list[Citation]:
     """Every ``<!-- from FILE -->`` comment of the Markdown file at ``path``, with its text."""
     lines = path.read_text(encoding="utf-8").splitlines()
     found = []
-    for index, line in enumerate(lines):
+    for index, line in prose_lines(lines):
         for match in _FROM.finditer(line):
             source, listed = match.groups()
             if listed is None:
@@ -115,6 +116,21 @@ def citations(path: Path) -> list[Citation]:
                 figures = tuple(_QUOTED.findall(listed))
             found.append(Citation(path, index + 1, source, figures, text))
     return found
+
+
+def prose_lines(lines: list[str]) -> list[tuple[int, str]]:
+    """(index, line) of each line outside fenced blocks, its code spans left out: a comment
+    shown as code (say, in a page that explains these conventions) is not one."""
+    prose = []
+    index = 0
+    while index < len(lines):
+        opening = _FENCE.match(lines[index])
+        if opening is not None:
+            index = _closing_fence(lines, index, opening.group(1)) + 1
+            continue
+        prose.append((index, _CODE_SPAN.sub("", lines[index])))
+        index += 1
+    return prose
 
 
 def _closing_fence(lines: list[str], opening: int, fence: str) -> int:

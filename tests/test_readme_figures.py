@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .markdown_examples import Citation, citations
+from .markdown_examples import Citation, citations, prose_lines
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 README = REPOSITORY / "README.md"
@@ -66,14 +66,15 @@ def test_check_comments_never_split_the_prose() -> None:
     ends the paragraph before it, and text after it on that line shows as raw HTML. So a
     comment stands on a line of its own (or inside a table row), and not between two
     lines of one paragraph."""
-    lines = ["", *README.read_text("utf-8").splitlines(), ""]
+    lines = README.read_text("utf-8").splitlines()
     misplaced = []
-    for number in range(1, len(lines) - 1):
-        line, before, after = lines[number], lines[number - 1], lines[number + 1]
+    for index, line in prose_lines(lines):
         if "<!--" not in line or line.lstrip().startswith("|"):
             continue
+        before = lines[index - 1] if index > 0 else ""
+        after = lines[index + 1] if index + 1 < len(lines) else ""
         alone = re.fullmatch(r"\s*(<!--.*?-->)+\s*", line) is not None
         inside_a_paragraph = bool(before.strip()) and bool(after.strip())
         if not alone or (inside_a_paragraph and not STARTS_A_BLOCK.match(after)):
-            misplaced.append(f"README.md:{number}")
+            misplaced.append(f"README.md:{index + 1}")
     assert not misplaced, misplaced

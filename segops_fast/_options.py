@@ -14,16 +14,17 @@ from ._transport import COMPRESSIONS
 
 #: What delivery costs a web worker is per request, not per event: each request is a few
 #: hundred microseconds of Python (urllib3's request path, waking a thread) on the very CPU
-#: that serves the app, while each event adds about half a microsecond (rendering its
-#: timestamp, its share of the body). So the flusher lingers until a request carries
-#: many events: at most ``batch_size`` events or ``flush_interval`` seconds, whichever
-#: comes first. Measured with bench/app_overhead.py (a gunicorn sync worker, one event
-#: per request, ~4,500 requests/s): 20 events a request (the reference's batch size) cost
-#: the worker 17.7% of its requests/s; 1,000 events and 0.5 s cost it 6.4% (11 us of CPU
-#: per request), within the noise of an empty function call (5.0%) and of capturing the
-#: events alone (the essence row: 8.9%), with 91 requests for 87,655 events.
-#: 0.5 s is also what Segment and PostHog linger, and 10x sooner than the reference's
-#: 5 s, so events reach the API sooner than before, not later.
+#: that serves the app, while each event adds well under a microsecond (rendering its
+#: timestamp, its share of the body: bench/results/app_profile.txt). So the flusher lingers
+#: until a request carries many events: at most ``batch_size`` events or
+#: ``flush_interval`` seconds, whichever comes first. With these defaults, a gunicorn sync
+#: worker tracking one event per request loses about as much as with an empty function
+#: call or with capturing the events alone, and makes one ingest request for about a
+#: thousand events (bench/app_overhead.py; its figures are in
+#: bench/results/app_overhead.md, and the README's "Cheap inside a web app" compares them
+#: with the reference's 20 events a request). 0.5 s is also what Segment and PostHog
+#: linger, and 10x sooner than the reference's 5 s, so events reach the API sooner than
+#: before, not later.
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_FLUSH_INTERVAL = 0.5
 DEFAULT_TIMEOUT = 10.0
@@ -31,7 +32,8 @@ DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024
 #: Two requests under way: the flusher assembles the next batch while the server reads the
-#: last, which nearly doubles throughput; more adds little unless the server is far away.
+#: last; more adds little unless the server is far away (the max_in_flight table in
+#: bench/results/comparison.md).
 DEFAULT_MAX_IN_FLIGHT = 2
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_BASE = 0.5

@@ -239,8 +239,8 @@ class Transport:
             if isinstance(error, http.client.HTTPException):
                 # The proxy closed the connection instead of answering CONNECT.
                 return NetworkConfigError(*self._proxy_refused("it closed the connection"))
-            reason = _connect_failure(self._proxy.describe(), error, seconds)
-            return UnreachableError(f"{reason} (the proxy), so nothing was sent to {self._host}")
+            reason = _connect_failure(f"the proxy {self._proxy.describe()}", error, seconds)
+            return UnreachableError(f"{reason}, so nothing was sent to {self._host}")
         return UnreachableError(_connect_failure(self._host, error, seconds))
 
     def _proxy_refused(self, answer: str) -> tuple[str, str]:

@@ -8,11 +8,15 @@ come from (options, the environment) or how they are sent (the transport and the
 
 from __future__ import annotations
 
+#: Shorter keys show no tail: four characters of a short key are too much of it.
+_SHORTEST_KEY_WITH_TAIL_SHOWN = 12
+
 
 def mask_key(api_key: str) -> str:
     """``sk_...abcd``: enough to tell keys apart in a log, not enough to use one."""
     prefix = api_key[:3] if api_key[:3] in ("sk_", "pk_") else ""
-    return f"{prefix}...{api_key[-4:]}"
+    tail = api_key[-4:] if len(api_key) >= _SHORTEST_KEY_WITH_TAIL_SHOWN else ""
+    return f"{prefix}...{tail}"
 
 
 def key_problem(api_key: str) -> str | None:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 import segops_fast as segops
 from segops_fast._proxy import resolve_proxy
+from segops_fast._secrets import mask_key
 from segops_fast._tls import TLSSettings
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer, ServerTLS
 
@@ -57,6 +58,14 @@ def test_a_key_with_whitespace_or_control_characters_is_refused_masked(
     assert KEY not in message
     assert KEY[8:] not in message
     assert "...b1a0" in message
+
+
+def test_a_short_key_is_masked_without_its_tail() -> None:
+    assert mask_key(KEY) == "sk_...b1a0"
+    assert mask_key("sk_x") == "sk_..."
+    assert mask_key("sk_secret1") == "sk_..."
+    assert mask_key("sk_test_local") == "sk_...ocal"
+    assert mask_key("abcdefghijkl") == "...ijkl"
 
 
 # -- plain http:// with a secret key -----------------------------------------------------------

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
 
 import segops_fast as segops
 from segops_fast._proxy import resolve_proxy
@@ -28,6 +27,7 @@ from segops_fast._secrets import mask_key
 from segops_fast._tls import TLSSettings
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer, ServerTLS
 
+from .client_keys import EncryptedClientKey, write_encrypted_client_key
 from .conftest import track_numbered
 
 KEY = "sk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -109,23 +109,8 @@ PASSWORD = "hunter2-client-key"
 
 
 @pytest.fixture(scope="module")
-def client_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A client certificate, its key encrypted with PASSWORD, and the CA that issued it."""
-    directory = tmp_path_factory.mktemp("client-tls")
-    authority = trustme.CA()
-    authority.cert_pem.write_to_path(str(directory / "clients-ca.pem"))
-    issued = authority.issue_cert("client@example.com")
-    issued.cert_chain_pems[0].write_to_path(str(directory / "client.pem"))
-    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(PASSWORD.encode()),
-    )
-    (directory / "client.key").write_bytes(encrypted)
-    return {name: str(directory / f"{name}.pem") for name in ("clients-ca", "client")} | {
-        "key": str(directory / "client.key")
-    }
+def client_files(tmp_path_factory: pytest.TempPathFactory) -> EncryptedClientKey:
+    return write_encrypted_client_key(tmp_path_factory.mktemp("client-tls"), PASSWORD)
 
 
 _BUILD_ON_A_TERMINAL = """
@@ -145,13 +130,13 @@ except ValueError as error:
 
 
 def test_an_encrypted_key_without_password_is_refused_without_prompting_on_a_terminal(
-    client_files: dict[str, str],
+    client_files: EncryptedClientKey,
 ) -> None:
     """On a terminal, OpenSSL would ask for the pass phrase and wait: the client must not."""
     controller, terminal = os.openpty()
     child = subprocess.Popen(
         [sys.executable, "-c", _BUILD_ON_A_TERMINAL, os.ttyname(terminal),
-         client_files["client"], client_files["key"]],
+         client_files.client_cert, client_files.client_key],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     os.close(terminal)
@@ -182,14 +167,14 @@ def test_an_encrypted_key_without_password_is_refused_without_prompting_on_a_ter
 
 
 def test_a_wrong_client_key_password_is_refused_at_construction(
-    client_files: dict[str, str],
+    client_files: EncryptedClientKey,
 ) -> None:
     with pytest.raises(ValueError, match="client_key_password does not decrypt") as raised:
         segops.SegOpsClient(
             "https://127.0.0.1:1",
             DEFAULT_SECRET_KEY,
-            client_cert=client_files["client"],
-            client_key=client_files["key"],
+            client_cert=client_files.client_cert,
+            client_key=client_files.client_key,
             client_key_password="not-" + PASSWORD,
         )
     assert PASSWORD not in str(raised.value)
@@ -197,15 +182,17 @@ def test_a_wrong_client_key_password_is_refused_at_construction(
         segops.SegOpsClient("https://127.0.0.1:1", DEFAULT_SECRET_KEY, client_key_password="p")
 
 
-def test_an_encrypted_key_with_its_password_does_mutual_tls(client_files: dict[str, str]) -> None:
-    tls = ServerTLS.for_loopback(client_ca_certs=client_files["clients-ca"])
+def test_an_encrypted_key_with_its_password_does_mutual_tls(
+    client_files: EncryptedClientKey,
+) -> None:
+    tls = ServerTLS.for_loopback(client_ca_certs=client_files.ca_certs)
     with LocalIngestServer(tls=tls) as server:
         with segops.SegOpsClient(
             server.url,
             DEFAULT_SECRET_KEY,
             ca_certs=tls.ca_certs,
-            client_cert=client_files["client"],
-            client_key=client_files["key"],
+            client_cert=client_files.client_cert,
+            client_key=client_files.client_key,
             client_key_password=PASSWORD,
         ) as client:
             assert PASSWORD not in repr(client._options)

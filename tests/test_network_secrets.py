@@ -17,12 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
-import trustme
-from cryptography.hazmat.primitives import serialization
 
 import segops_fast as segops
 from segops_fast.testing import LocalIngestServer, PublicKey, ServerTLS
 
+from .client_keys import EncryptedClientKey, write_encrypted_client_key
 from .conftest import track_numbered
 from .proxying import PASSWORD as PROXY_PASSWORD
 from .proxying import USER as PROXY_USER
@@ -168,26 +167,12 @@ HOSTILE_TOKEN = "t0ken-h0st1le-4f2a\r\nX-Evil: 1"
 
 
 @pytest.fixture(scope="module")
-def encrypted_client(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A client certificate, its key encrypted with KEY_PASSWORD, and the CA that issued it."""
-    directory = tmp_path_factory.mktemp("secrets-client-tls")
-    authority = trustme.CA()
-    authority.cert_pem.write_to_path(str(directory / "ca.pem"))
-    issued = authority.issue_cert("client@example.com")
-    issued.cert_chain_pems[0].write_to_path(str(directory / "client.pem"))
-    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
-    (directory / "client.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(KEY_PASSWORD.encode()),
-        )
-    )
-    return {name: str(directory / name) for name in ("ca.pem", "client.pem", "client.key")}
+def encrypted_client(tmp_path_factory: pytest.TempPathFactory) -> EncryptedClientKey:
+    return write_encrypted_client_key(tmp_path_factory.mktemp("client-tls"), KEY_PASSWORD)
 
 
 def test_no_secret_in_any_output_across_careless_settings_and_hostile_servers(
-    encrypted_client: dict[str, str], caplog: pytest.LogCaptureFixture
+    encrypted_client: EncryptedClientKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A key with a newline, proxy credentials a URL parser stops at, an encrypted client
     key's password (right and wrong), an HMAC secret signing user ids (fresh and stale), a
@@ -210,7 +195,7 @@ def test_no_secret_in_any_output_across_careless_settings_and_hostile_servers(
             call()
         texts.extend(_exception_texts(raised.value))
 
-    mutual = ServerTLS.for_loopback(client_ca_certs=encrypted_client["ca.pem"])
+    mutual = ServerTLS.for_loopback(client_ca_certs=encrypted_client.ca_certs)
     signed_keys = {PUBLIC_KEY: PublicKey(hmac_secret=HMAC_SECRET, require_signed_user_id=True)}
     hostile_answer = orjson.dumps({"token": HOSTILE_TOKEN, "expires_at": "2099-01-01T00:00:00Z"})
     hostile_server = RawServer(
@@ -231,8 +216,8 @@ def test_no_secret_in_any_output_across_careless_settings_and_hostile_servers(
         warnings.simplefilter("always")
         tls_files = {
             "ca_certs": mutual.ca_certs,
-            "client_cert": encrypted_client["client.pem"],
-            "client_key": encrypted_client["client.key"],
+            "client_cert": encrypted_client.client_cert,
+            "client_key": encrypted_client.client_key,
         }
         # Refused at construction: a key with a newline, a wrong key password, an unusable
         # proxy URL whose password holds a "/", a secret key over http:// (a warning).

@@ -13,6 +13,7 @@ it. It does not open connections (the transport does).
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 #: Older versions have known weaknesses; Python 3.9's default depends on the OpenSSL build.
@@ -95,21 +96,26 @@ def _refuse_to_prompt() -> str:
     raise _PasswordNeededError
 
 
-def tls_failure(error: BaseException) -> ssl.SSLError | ssl.CertificateError | None:
-    """The TLS error behind ``error`` (in its causes or arguments), if there is one."""
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception behind it: causes, contexts, and exceptions passed as
+    arguments (urllib3 wraps the OS's or OpenSSL's error in its own, several levels deep)."""
     seen: set[int] = set()
-    pending: list[BaseException] = [error]
+    pending = [error]
     while pending:
         current = pending.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (ssl.SSLError, ssl.CertificateError)):
-            return current
+        yield current
         pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
-                pending.append(linked)
+        pending.extend(linked for linked in (current.__cause__, current.__context__) if linked)
+
+
+def tls_failure(error: BaseException) -> ssl.SSLError | ssl.CertificateError | None:
+    """The TLS error behind ``error``, if there is one."""
+    for cause in causes(error):
+        if isinstance(cause, (ssl.SSLError, ssl.CertificateError)):
+            return cause
     return None
 
 

@@ -3,12 +3,12 @@
 This module owns connections: one pool per process, TCP_NODELAY and keep-alive on every
 socket, connect and read timeouts, TLS (with the context of :mod:`._tls`), the proxy (of
 :mod:`._proxy`: HTTPS tunnelled with CONNECT, plain HTTP forwarded), gzip of request
-bodies when asked (here, on the sending thread), and reading each response fully so its
+bodies when asked (here, on the sending thread), and reading each response: at most
+:data:`MAX_RESPONSE_BYTES` of it, decompressed or not, to its end when it fits so that its
 connection goes back to the pool. It tells apart failures before anything was sent (no
 connection, a TLS failure, a proxy that refused: :class:`UnreachableError`) from those
 after (:class:`TransportError`), and says what failed in the user's terms (host and port,
-the OS's or OpenSSL's reason, the timeout), never in urllib3's. It reads at most
-:data:`MAX_RESPONSE_BYTES` of any response, decompressed or not. It sends bodies that are
+the OS's or OpenSSL's reason, the timeout), never in urllib3's. It sends bodies that are
 already bytes and never serializes anything. It does not own retries, authentication or
 what a status code means.
 """
@@ -22,7 +22,7 @@ import socket
 import string
 import traceback
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from urllib3.exceptions import NewConnectionError as _NewConnectionFailed
 from urllib3.exceptions import TimeoutError as _Urllib3Timeout
 
 from ._proxy import Proxy
-from ._tls import TLSSettings, explain, refused_by_tls, tls_failure
+from ._tls import TLSSettings, causes, explain, refused_by_tls, tls_failure
 from ._version import __version__
 
 USER_AGENT = f"segops-fast/{__version__}"
@@ -335,32 +335,18 @@ def _answer_failure(where: str, error: BaseException, seconds: float) -> str:
     return f"the connection to {where} failed before an answer came: {_os_reason(error)}"
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and every exception behind it: causes, contexts and arguments."""
-    seen: set[int] = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        pending.extend(linked for linked in (current.__cause__, current.__context__) if linked)
-
-
 def _timed_out(error: BaseException) -> bool:
     return any(
         # urllib3 makes NewConnectionError (refused, unresolvable) a kind of timeout.
         isinstance(cause, (TimeoutError, socket.timeout, _Urllib3Timeout))
         and not isinstance(cause, _NewConnectionFailed)
-        for cause in _causes(error)
+        for cause in causes(error)
     )
 
 
 def _os_reason(error: BaseException) -> str:
     """The operating system's reason, lower-cased as in a sentence (``connection refused``)."""
-    for cause in _causes(error):
+    for cause in causes(error):
         if isinstance(cause, socket.gaierror):
             return f"the host name does not resolve ({cause.strerror})"
         if isinstance(cause, (http.client.RemoteDisconnected, http.client.IncompleteRead)):

@@ -324,14 +324,14 @@ def _read_bounded(response: urllib3.BaseHTTPResponse) -> tuple[bytes, bool]:
 def _connect_failure(where: str, error: BaseException, seconds: float) -> str:
     """``could not connect to HOST:PORT: REASON``, or the connect timeout."""
     if _timed_out(error):
-        return f"timed out after {seconds}s connecting to {where}"
+        return f"timed out after {round(seconds, 2)}s connecting to {where}"
     return f"could not connect to {where}: {_os_reason(error)}"
 
 
 def _answer_failure(where: str, error: BaseException, seconds: float) -> str:
     """What happened to a request that was sent (or partly sent) and got no answer."""
     if _timed_out(error):
-        return f"timed out after {seconds}s waiting for {where}"
+        return f"timed out after {round(seconds, 2)}s waiting for {where}"
     return f"the connection to {where} failed before an answer came: {_os_reason(error)}"
 
 

@@ -1,14 +1,18 @@
 """The client's settings: their defaults, and the checks that refuse bad ones at construction.
 
-This module owns configuration only; nothing here runs after the client is built.
+This module owns configuration only; nothing here runs after the client is built. Besides
+refusing bad settings it warns, once per API URL and process, about a risky one: a secret
+key sent in clear over ``http://`` to another machine.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
+import warnings
 from dataclasses import dataclass, fields
 
-from ._proxy import mask_url
-from ._secrets import mask_key
+from ._secrets import key_problem, mask_key, mask_url
 from ._tls import TLSSettings
 from ._transport import COMPRESSIONS
 
@@ -68,15 +72,25 @@ class Options:
     ca_certs: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    client_key_password: str | None = None
     compression: str | None = None
 
     def __repr__(self) -> str:
-        """Every setting, with the API key and any proxy credentials masked."""
+        """Every setting, with the API key, any proxy credentials and the key password
+        masked."""
         shown = {field.name: getattr(self, field.name) for field in fields(self)}
         shown["api_key"] = mask_key(self.api_key) if isinstance(self.api_key, str) else "?"
         if isinstance(self.proxy, str):
             shown["proxy"] = mask_url(self.proxy)
+        if self.client_key_password is not None:
+            shown["client_key_password"] = "***"
         return "Options(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+    @property
+    def tls(self) -> TLSSettings:
+        return TLSSettings(
+            self.ca_certs, self.client_cert, self.client_key, self.client_key_password
+        )
 
     @property
     def uses_session(self) -> bool:
@@ -91,6 +105,17 @@ class Options:
             raise ValueError(f"api_url must be an http:// or https:// URL, got {self.api_url!r}")
         if not isinstance(self.api_key, str) or not self.api_key:
             raise ValueError("api_key must be a non-empty str (sk_... or pk_...)")
+        problem = key_problem(self.api_key)
+        if problem is not None:
+            # Sent as it is, the key would fail inside http.client, whose error quotes the
+            # whole header; stripped here, a key with a stray character in the middle
+            # would be "fixed" without anyone knowing where it came from.
+            # Shown masked as if stripped, so that the mask is the familiar one.
+            raise ValueError(
+                f"api_key {mask_key(self.api_key.strip())} {problem}: strip it where it is read "
+                "(a secret file or a .env with CRLF line endings often adds a newline); "
+                "segops_fast never strips a key itself"
+            )
         at_least("batch_size", self.batch_size, 1)
         positive("flush_interval", self.flush_interval)
         positive("timeout", self.timeout)
@@ -106,9 +131,43 @@ class Options:
         positive("backoff_base", self.backoff_base)
         at_least("backoff_cap", self.backoff_cap, self.backoff_base)
         at_least("shutdown_timeout", self.shutdown_timeout, 0)
-        TLSSettings(self.ca_certs, self.client_cert, self.client_key).check()
+        self.tls.check()
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.api_url.startswith("http://") and not self.uses_session:
+            _warn_secret_key_in_clear(self.api_url)
+
+
+#: The API URLs already warned about in this process.
+_warned_in_clear: set[str] = set()
+
+
+def _warn_secret_key_in_clear(api_url: str) -> None:
+    """Warn, once per URL, that a secret key is about to cross a network unencrypted.
+
+    A warning, not a refusal: plain HTTP inside a private network (a sidecar, a cluster's
+    internal service name) is a deliberate choice some deployments make, and refusing it
+    would break them. Loopback never leaves the machine, so it is not warned about.
+    """
+    host = urllib.parse.urlsplit(api_url).hostname or ""
+    if host == "localhost" or _is_loopback_address(host) or api_url in _warned_in_clear:
+        return
+    _warned_in_clear.add(api_url)
+    warnings.warn(
+        f"segops_fast: api_url {api_url!r} is plain http://, so the secret (sk_) key crosses "
+        "the network unencrypted, readable by anyone on the path; use https:// unless this "
+        "network is private to you",
+        UserWarning,
+        # Options.check <- SegOpsClient.__init__ <- the caller's line.
+        stacklevel=4,
+    )
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def positive(name: str, value: float) -> None:

@@ -1,6 +1,26 @@
-"""The exceptions segops_fast raises to its callers."""
+"""The exceptions segops_fast raises to its callers, and the words its messages share.
+
+Every message the library gives (an exception, an ``on_error`` report, a log line) names
+what happened in the user's terms, how many events it concerns and where they are now,
+and the fix as a keyword argument. This module owns the pieces every such message is made
+of: counting events in words, bounding text a server sent, and describing a cause without
+repeating the ``SegOps:`` of a message inside another. It does not own which message a
+situation calls for (the modules that meet the situation do).
+"""
 
 from __future__ import annotations
+
+import os
+import traceback
+
+from ._transport import TransportError
+
+#: The most of a server's error text kept in a message, a log line or
+#: :attr:`SegOpsApiError.body`: a server can answer with megabytes, and every batch it
+#: refuses would otherwise carry a copy.
+MAX_ERROR_TEXT_CHARS = 2048
+
+_PREFIX = "SegOps: "
 
 
 class SegOpsApiError(RuntimeError):
@@ -8,8 +28,10 @@ class SegOpsApiError(RuntimeError):
 
     A ``RuntimeError`` so that code written for the reference SDK, which raised a plain
     ``RuntimeError``, still catches it. ``status`` is the HTTP status of the last response
-    (``None`` when no response came back), ``body`` its text, and ``undelivered`` how many
-    events the failure concerns.
+    (``None`` when no response came back), ``body`` its text (at most
+    ``MAX_ERROR_TEXT_CHARS`` characters), ``undelivered`` how many events the failure
+    concerns, and ``reason`` what went wrong in one phrase, without the count or what
+    became of the events: the same text for every batch one cause refused.
     """
 
     def __init__(
@@ -19,11 +41,13 @@ class SegOpsApiError(RuntimeError):
         status: int | None = None,
         body: str = "",
         undelivered: int = 0,
+        reason: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = body
+        self.body = bounded(body)
         self.undelivered = undelivered
+        self.reason = reason or message.removeprefix(_PREFIX)
 
 
 class InvalidEventError(TypeError, ValueError):
@@ -33,3 +57,44 @@ class InvalidEventError(TypeError, ValueError):
     field, an oversized event), so callers may catch whichever they would naturally expect;
     the message always names the field and the problem.
     """
+
+
+def count_events(count: int) -> str:
+    """``"1 event"``, ``"2 events"``."""
+    return f"{count} event" if count == 1 else f"{count} events"
+
+
+def bounded(text: str) -> str:
+    """``text`` cut to ``MAX_ERROR_TEXT_CHARS`` characters, saying so where it was cut."""
+    if len(text) <= MAX_ERROR_TEXT_CHARS:
+        return text
+    cut = len(text) - MAX_ERROR_TEXT_CHARS
+    return f"{text[:MAX_ERROR_TEXT_CHARS]}... [{cut} more characters cut]"
+
+
+def describe(error: BaseException) -> str:
+    """What ``error`` says happened, to be quoted inside another message.
+
+    Our own errors are quoted without their ``SegOps:``, so that no message nests another.
+    Any other exception is named by its type and where it was raised, never by its text:
+    for a bad header value, http.client puts the whole header, API key included, into it.
+    """
+    if isinstance(error, SegOpsApiError):
+        return error.reason
+    if isinstance(error, TransportError):
+        # The transport's own words: a host, a port and what the network said.
+        return bounded(str(error).removeprefix(_PREFIX))
+    return unexpected(error)
+
+
+def unexpected(error: BaseException) -> str:
+    """An exception nobody expected, named without its text (see :func:`describe`)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    place = ""
+    if frames:
+        last = frames[-1]
+        place = f" in {last.name}() at {os.path.basename(last.filename)}:{last.lineno}"
+    return (
+        f"an unexpected {type(error).__name__}{place} (its text is not shown: it may "
+        "hold the API key); please report it"
+    )

@@ -610,8 +610,9 @@ def _undelivered_error(call: str, request: FlushRequest) -> SegOpsApiError:
     queued = undelivered - sum(request.given_up.values())
     if queued:
         subject = "" if queued == undelivered else f"{queued} of them: "
-        stays = "It stays" if queued == 1 else "They stay"
-        where.append(f"{subject}{stays} queued and will be sent once the API answers")
+        stays = "It stays queued and is" if queued == 1 else "They stay queued and are"
+        # Only an API that cannot be reached (or a token that cannot be had) keeps events.
+        where.append(f"{subject}{stays} tried again every flush_interval")
     reason = describe(cause)
     return SegOpsApiError(
         f"SegOps: {count_events(undelivered)} could not be delivered by {call}: {reason}. "

@@ -667,6 +667,8 @@ class Flusher:
             self._counters.acknowledged(events, body_bytes)
         self._count_given_up(attempted.given_up)
         if attempted.unavailable is not None:
+            for batch in attempted.unsent:
+                batch.last_error = attempted.unavailable
             self._schedule.hold_unsent(attempted.unsent, attempted.unavailable, time.monotonic())
         self._schedule.retry_later(attempted.to_retry)
         self._schedule.pause_until(attempted.resume_at)

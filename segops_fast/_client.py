@@ -39,7 +39,14 @@ from ._encoding import (
     event_fields,
     render_event,
 )
-from ._errors import InvalidEventError, SegOpsApiError, count_events, describe
+from ._errors import (
+    InvalidEventError,
+    SegOpsApiError,
+    count_events,
+    describe,
+    fix_for,
+    sentences,
+)
 from ._flusher import Flusher, FlushRequest
 from ._options import (
     DEFAULT_BACKOFF_BASE,
@@ -90,7 +97,10 @@ class _Reporter:
         try:
             self._on_error(error)
         except Exception:
-            logger.exception("SegOps: the on_error callback raised")
+            logger.exception(
+                "SegOps: the on_error callback raised (its traceback follows); sending goes "
+                "on. Make the function given as on_error catch its own errors."
+            )
 
     def given_up(self, given_up: GivenUp) -> None:
         """Tell the user about events that will not be delivered (already counted)."""
@@ -103,7 +113,10 @@ class _Reporter:
         try:
             self._on_drop([orjson.loads(event) for event in events], reason)
         except Exception:
-            logger.exception("SegOps: the on_drop callback raised")
+            logger.exception(
+                "SegOps: the on_drop callback raised (its traceback follows); sending goes "
+                "on. Make the function given as on_drop catch its own errors."
+            )
 
 
 class _Pipeline:
@@ -583,8 +596,8 @@ class SegOpsClient:
                         f"{self._options.max_queue_size} events): the API takes events "
                         "slower than they come, or cannot be reached. New events are "
                         "handed to on_drop (reason 'queue_full') and counted in "
-                        "stats().dropped until there is room. Raise max_queue_size=..., or "
-                        "pass on_full='block' to make track() wait for room."
+                        "stats().dropped until there is room. Raise max_queue_size, or pass "
+                        "on_full='block' to make track() wait for room."
                     )
                 )
 
@@ -614,27 +627,42 @@ def _undelivered_error(call: str, request: FlushRequest) -> SegOpsApiError:
         # Only an API that cannot be reached (or a token that cannot be had) keeps events.
         where.append(f"{subject}{stays} tried again every flush_interval")
     reason = describe(cause)
+    fix = fix_for(cause)
     return SegOpsApiError(
-        f"SegOps: {count_events(undelivered)} could not be delivered by {call}: {reason}. "
-        + "; ".join(where)
-        + ".",
+        sentences(
+            f"SegOps: {count_events(undelivered)} could not be delivered by {call}: {reason}",
+            "; ".join(where),
+            fix,
+        ),
         status=getattr(cause, "status", None),
         body=getattr(cause, "body", ""),
         undelivered=undelivered,
         reason=reason,
+        fix=fix,
     )
 
 
 def _flush_timed_out(timeout: float, queued: int, why: BaseException | None) -> SegOpsApiError:
     reason = "the API has not answered yet" if why is None else describe(why)
     stays = "It stays" if queued == 1 else "They stay"
+    fix = sentences(
+        fix_for(why) if why is not None else "",
+        "To wait longer, pass flush() a larger timeout",
+    )
     return SegOpsApiError(
-        f"SegOps: flush(timeout={timeout:g}) returned with {count_events(queued)} "
-        f"undelivered: {reason}. {stays} queued and will be sent once the API answers; "
-        "to wait longer, pass a larger flush(timeout=...).",
+        sentences(
+            f"SegOps: flush(timeout={timeout:g}) returned with {count_events(queued)} "
+            f"undelivered: {reason}",
+            f"{stays} queued and will be sent once the API answers",
+            fix,
+        ),
         undelivered=queued,
         reason=reason,
+        fix=fix,
     )
+
+
+_GET_USER_FIX = "Fix the function given as get_user"
 
 
 def _checked(get_user: Callable[[], UserContext]) -> Callable[[], UserContext]:
@@ -648,7 +676,7 @@ def _checked(get_user: Callable[[], UserContext]) -> Callable[[], UserContext]:
             # Its type only: the user's own exception is chained, for their traceback.
             cause = f"get_user() raised {type(error).__name__}, so no session token could be had"
             raise SegOpsApiError(
-                f"SegOps: {cause}. Fix the function given as get_user=...", reason=cause
+                sentences(f"SegOps: {cause}", _GET_USER_FIX), reason=cause, fix=_GET_USER_FIX
             ) from error
         if not isinstance(user, UserContext):
             cause = (
@@ -656,7 +684,7 @@ def _checked(get_user: Callable[[], UserContext]) -> Callable[[], UserContext]:
                 "session token could be had"
             )
             raise SegOpsApiError(
-                f"SegOps: {cause}. Fix the function given as get_user=...", reason=cause
+                sentences(f"SegOps: {cause}", _GET_USER_FIX), reason=cause, fix=_GET_USER_FIX
             )
         return user
 

@@ -22,7 +22,15 @@ import time
 from dataclasses import dataclass, field
 
 from ._batching import Batch
-from ._errors import SegOpsApiError, bounded, count_events, describe, unexpected
+from ._errors import (
+    SegOpsApiError,
+    bounded,
+    count_events,
+    describe,
+    fix_for,
+    sentences,
+    unexpected,
+)
 from ._secrets import mask_key
 from ._session import SessionManager
 from ._stats import DeliveryCounters
@@ -70,11 +78,14 @@ def given_up_error(
     body: str = "",
 ) -> SegOpsApiError:
     """The error for ``count`` events given up for ``reason``, because of ``cause``."""
-    message = f"SegOps: {count_events(count)} could not be delivered: {cause}. "
-    message += handed_over(count, reason) + "."
-    if fix:
-        message += f" {fix}."
-    return SegOpsApiError(message, status=status, body=body, undelivered=count, reason=cause)
+    message = sentences(
+        f"SegOps: {count_events(count)} could not be delivered: {cause}",
+        handed_over(count, reason),
+        fix,
+    )
+    return SegOpsApiError(
+        message, status=status, body=body, undelivered=count, reason=cause, fix=fix
+    )
 
 
 def shutdown_deadline_error(
@@ -84,17 +95,19 @@ def shutdown_deadline_error(
     subject, pronoun = ("it", "it") if count == 1 else ("they", "them")
     call = "shutdown()" if seconds is None else f"shutdown(timeout={seconds:g})"
     because = "" if cause is None else f" (the last attempt: {describe(cause)})"
-    message = (
+    fix = "To give delivery more time, pass a larger timeout to shutdown(), or shutdown_timeout"
+    message = sentences(
         f"SegOps: {call} left {count_events(count)} undelivered: {subject} could not be "
-        f"delivered within its deadline{because}. "
+        f"delivered within its deadline{because}",
         f"{handed_over(count, REASON_SHUTDOWN_DEADLINE)}; if a request for {pronoun} was "
-        f"under way, the server may have stored {pronoun}. To give delivery more time, pass "
-        "a larger shutdown(timeout=...) or shutdown_timeout=..."
+        f"under way, the server may have stored {pronoun}",
+        fix,
     )
     return SegOpsApiError(
         message,
         undelivered=count,
         reason=f"the deadline of {call} came before they could be delivered",
+        fix=fix,
     )
 
 
@@ -313,14 +326,18 @@ class Delivery:
         return attempted
 
     def _retries_exhausted(self, events: int, last: SegOpsApiError) -> SegOpsApiError:
+        retries = self._policy.max_retries
+        attempts = f"{retries + 1} attempts" if retries else "the only attempt"
+        if last.status is None:
+            cause = f"{attempts} went unanswered (the last: {last.reason})"
+        else:
+            answer = f"HTTP {last.status}" + (f": {last.body}" if last.body else "")
+            cause = f"the API answered {attempts} with {answer}"
         return given_up_error(
             events,
             REASON_RETRIES_EXHAUSTED,
-            f"{last.reason}, on every attempt",
-            fix=(
-                f"max_retries={self._policy.max_retries} were spent; to ride out longer "
-                "trouble, raise max_retries=... or backoff_cap=..."
-            ),
+            cause,
+            fix="To ride out longer trouble, raise max_retries or backoff_cap",
             status=last.status,
             body=last.body,
         )
@@ -351,7 +368,9 @@ class Delivery:
                 response = self._attempt(SINGLE_PATH, event, idempotency_key)
             except _NotSentError as not_sent:
                 reason = REASON_RETRIES_EXHAUSTED if answer_lost else REASON_FAILED
-                return GivenUp([event], reason, given_up_error(1, reason, describe(not_sent.error)))
+                cause = not_sent.error
+                error = given_up_error(1, reason, describe(cause), fix=fix_for(cause))
+                return GivenUp([event], reason, error)
             except _RetryableError as retryable:
                 answer_lost |= retryable.answer_lost
                 if retries >= self._policy.max_retries:
@@ -419,16 +438,16 @@ class Delivery:
         fix = ""
         if response.status in (401, 403) and self._session is None:
             cause = f"the API refused the key {mask_key(self._api_key)} ({answer})"
-            fix = "Check api_key=... (nothing will retry these events)"
+            fix = "Check api_key"
         elif response.status in (401, 403):
             cause = f"the API refused the session token ({answer})"
-            fix = "Check api_key=... and what get_user returns"
+            fix = "Check api_key, and the user get_user returns"
         elif response.status == 413:
             cause = f"the API refused the request as too large ({answer})"
-            fix = "Lower max_event_bytes=... or max_batch_bytes=..."
+            fix = "Lower max_event_bytes or max_batch_bytes"
         else:
-            cause = f"the API refused them ({answer})"
-            fix = "The API says what it refused; nothing will retry these events"
+            cause = f"the API refused the request ({answer})"
+            fix = "The API's answer says what it refused; these events are not retried"
         return given_up_error(
             events, REASON_FAILED, cause, fix=fix, status=response.status, body=text
         )

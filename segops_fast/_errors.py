@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import traceback
 
-from ._transport import TransportError
+from ._transport import NetworkConfigError, TransportError, UnreachableError
 
 #: The most of a server's error text kept in a message, a log line or
 #: :attr:`SegOpsApiError.body`: a server can answer with megabytes, and every batch it
@@ -30,8 +30,9 @@ class SegOpsApiError(RuntimeError):
     ``RuntimeError``, still catches it. ``status`` is the HTTP status of the last response
     (``None`` when no response came back), ``body`` its text (at most
     ``MAX_ERROR_TEXT_CHARS`` characters), ``undelivered`` how many events the failure
-    concerns, and ``reason`` what went wrong in one phrase, without the count or what
-    became of the events: the same text for every batch one cause refused.
+    concerns, ``reason`` what went wrong in one phrase, without the count or what
+    became of the events (the same text for every batch one cause refused), and ``fix``
+    what to change, naming keyword arguments ("" when nothing on this side can help).
     """
 
     def __init__(
@@ -42,12 +43,14 @@ class SegOpsApiError(RuntimeError):
         body: str = "",
         undelivered: int = 0,
         reason: str = "",
+        fix: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
         self.body = bounded(body)
         self.undelivered = undelivered
         self.reason = reason or message.removeprefix(_PREFIX)
+        self.fix = fix
 
 
 class InvalidEventError(TypeError, ValueError):
@@ -85,6 +88,21 @@ def describe(error: BaseException) -> str:
         # The transport's own words: a host, a port and what the network said.
         return bounded(str(error).removeprefix(_PREFIX))
     return unexpected(error)
+
+
+def fix_for(error: BaseException) -> str:
+    """What the user can change about ``error``, as a sentence; "" if nothing."""
+    if isinstance(error, SegOpsApiError):
+        return error.fix
+    if isinstance(error, UnreachableError) and not isinstance(error, NetworkConfigError):
+        # A TLS or proxy refusal names its own fix.
+        return "If the API should be reachable, check api_url (and proxy, if one is needed)"
+    return ""
+
+
+def sentences(*parts: str) -> str:
+    """``parts`` as sentences, each ended with one full stop; empty parts left out."""
+    return " ".join(part if part.endswith(".") else part + "." for part in parts if part)
 
 
 def unexpected(error: BaseException) -> str:

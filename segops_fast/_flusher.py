@@ -57,7 +57,7 @@ from ._delivery import (
     shutdown_deadline_error,
 )
 from ._encoding import Record
-from ._errors import SegOpsApiError, count_events, describe, unexpected
+from ._errors import SegOpsApiError, count_events, describe, fix_for, sentences, unexpected
 from ._schedule import SendSchedule
 from ._stats import DeliveryCounters
 from ._transport import NetworkConfigError
@@ -244,12 +244,17 @@ class Flusher:
         and later events are refused, and ``flush()`` and ``shutdown()`` raise from now on.
         """
         cause = f"the thread sending events stopped on {unexpected(error)}"
+        fix = "Create a new SegOpsClient to send again"
         report = SegOpsApiError(
-            f"SegOps: {cause}. This client sends nothing more: every event it held, and "
-            f"every event tracked from now on, is handed to on_drop (reason "
-            f"{REASON_UNEXPECTED_ERROR!r}) and counted in stats().failed. Create a new "
-            "SegOpsClient to send again.",
+            sentences(
+                f"SegOps: {cause}",
+                "This client sends nothing more: every event it held, and every event "
+                f"tracked from now on, is handed to on_drop (reason {REASON_UNEXPECTED_ERROR!r})"
+                " and counted in stats().failed",
+                fix,
+            ),
             reason=cause,
+            fix=fix,
         )
         with self._lock:
             if self.failure is not None:
@@ -485,10 +490,12 @@ class Flusher:
                 f"flush_interval ({self._flush_interval:g}s), and {'is' if held == 1 else 'are'} "
                 "sent once the API answers"
             )
+        fix = fix_for(blocked)
         error = SegOpsApiError(
-            f"SegOps: {cause}. {count_events(held)} could not be sent: {where}.",
+            sentences(f"SegOps: {cause}", f"{count_events(held)} could not be sent: {where}", fix),
             undelivered=held,
             reason=cause,
+            fix=fix,
         )
         error.__cause__ = blocked
         return error
@@ -702,7 +709,7 @@ class Flusher:
                 if reason == REASON_FAILED and batch.maybe_stored
                 else reason
             )
-            failure = given_up_error(len(batch), why, describe(error))
+            failure = given_up_error(len(batch), why, describe(error), fix=fix_for(error))
             given_up.append(GivenUp.of_batch(batch, why, failure))
         self._give_up(given_up)
 

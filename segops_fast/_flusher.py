@@ -261,11 +261,14 @@ class Flusher:
                 return
             self.failure = report
         self.buffer.close()
-        self._report_error(report)
-        self._give_up_everything(
-            REASON_UNEXPECTED_ERROR,
-            lambda batch: given_up_error(len(batch), REASON_UNEXPECTED_ERROR, cause),
-        )
+        try:
+            self._give_up_everything(
+                REASON_UNEXPECTED_ERROR,
+                lambda batch: given_up_error(len(batch), REASON_UNEXPECTED_ERROR, cause),
+            )
+        finally:
+            # Last: a callback that raises again (SystemExit) must not keep events held.
+            self._report_error(report)
 
     def _give_up_everything(
         self, reason: str, error_for: Callable[[Batch], SegOpsApiError]

@@ -71,6 +71,16 @@ def _assert_one_segops_message(error: BaseException) -> None:
     assert not re.search(r"\b1 events\b", text), text
 
 
+def _flush_one_event_and_catch(client: segops.SegOpsClient, timeout: float) -> Any:
+    """Track one event, flush, and return the SegOpsApiError flush() raised, checked to hold
+    one SegOps message."""
+    client.track(user_id="u", event_type="e", payload={})
+    with pytest.raises(segops.SegOpsApiError) as raised:
+        client.flush(timeout=timeout)
+    _assert_one_segops_message(raised.value)
+    return raised.value
+
+
 def test_shutdown_after_a_timed_out_flush_keeps_to_its_deadline_and_says_so_once(
     silent_port: _RawServer,
 ) -> None:
@@ -150,11 +160,7 @@ def test_flush_against_a_refused_connection_says_why_and_where_the_events_are(
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     client = make_client(api_url=f"http://127.0.0.1:{port}", on_error=lambda error: None)
-    client.track(user_id="u", event_type="e", payload={})
-    with pytest.raises(segops.SegOpsApiError) as raised:
-        client.flush(timeout=2)
-    text = str(raised.value)
-    _assert_one_segops_message(raised.value)
+    text = str(_flush_one_event_and_catch(client, 2))
     assert text.startswith("SegOps: flush(timeout=2) returned with 1 event undelivered: ")
     assert str(port) in text  # netsec words it "could not connect to 127.0.0.1:PORT: ..."
     assert "refused" in text.lower()
@@ -166,11 +172,7 @@ def test_flush_with_a_refused_public_key_says_the_key_was_refused(
 ) -> None:
     errors: list[BaseException] = []
     client = make_client("pk_not_known_here", on_error=errors.append)
-    client.track(user_id="u", event_type="e", payload={})
-    with pytest.raises(segops.SegOpsApiError) as raised:
-        client.flush(timeout=2)
-    text = str(raised.value)
-    _assert_one_segops_message(raised.value)
+    text = str(_flush_one_event_and_catch(client, 2))
     assert "1 event undelivered" in text
     assert "401" in text
     assert "session" in text
@@ -185,19 +187,16 @@ def test_refusals_name_the_count_the_cause_and_where_the_events_went_without_nes
     errors: list[BaseException] = []
     client = make_client(on_error=errors.append, flush_interval=60)
     server.faults.respond_with(400)
-    client.track(user_id="u", event_type="e", payload={})
-    with pytest.raises(segops.SegOpsApiError) as raised:
-        client.flush(timeout=10)
-    text = str(raised.value)
-    _assert_one_segops_message(raised.value)
+    error = _flush_one_event_and_catch(client, 10)
+    text = str(error)
     assert text.startswith("SegOps: 1 event could not be delivered by flush(): ")
     assert "HTTP 400" in text
     assert "handed to on_drop (reason 'failed') and counted in stats().failed" in text
     # The cause is chained, not quoted whole.
-    assert isinstance(raised.value.__cause__, segops.SegOpsApiError)
-    assert raised.value.status == 400
-    for error in errors:
-        _assert_one_segops_message(error)
+    assert isinstance(error.__cause__, segops.SegOpsApiError)
+    assert error.status == 400
+    for reported in errors:
+        _assert_one_segops_message(reported)
 
 
 def test_a_huge_error_body_is_cut_in_the_exception_and_its_message() -> None:

@@ -19,6 +19,8 @@ from ._transport import NetworkConfigError, TransportError, UnreachableError
 #: :attr:`SegOpsApiError.body`: a server can answer with megabytes, and every batch it
 #: refuses would otherwise carry a copy.
 MAX_ERROR_TEXT_CHARS = 2048
+#: The most of any message kept: room for one server text and our words around it.
+_MAX_MESSAGE_CHARS = 2 * MAX_ERROR_TEXT_CHARS
 
 _PREFIX = "SegOps: "
 
@@ -45,11 +47,13 @@ class SegOpsApiError(RuntimeError):
         reason: str = "",
         fix: str = "",
     ) -> None:
+        # Bounded here too, whoever built the message: a server's text may be megabytes.
+        message = bounded(message, _MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.status = status
         self.body = bounded(body)
         self.undelivered = undelivered
-        self.reason = reason or message.removeprefix(_PREFIX)
+        self.reason = bounded(reason or message.removeprefix(_PREFIX), _MAX_MESSAGE_CHARS)
         self.fix = fix
 
 
@@ -67,12 +71,11 @@ def count_events(count: int) -> str:
     return f"{count} event" if count == 1 else f"{count} events"
 
 
-def bounded(text: str) -> str:
-    """``text`` cut to ``MAX_ERROR_TEXT_CHARS`` characters, saying so where it was cut."""
-    if len(text) <= MAX_ERROR_TEXT_CHARS:
+def bounded(text: str, limit: int = MAX_ERROR_TEXT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying so where it was cut."""
+    if len(text) <= limit:
         return text
-    cut = len(text) - MAX_ERROR_TEXT_CHARS
-    return f"{text[:MAX_ERROR_TEXT_CHARS]}... [{cut} more characters cut]"
+    return f"{text[:limit]}... [{len(text) - limit} more characters cut]"
 
 
 def describe(error: BaseException) -> str:

@@ -222,3 +222,11 @@ def test_a_huge_error_body_is_cut_in_the_exception_and_its_message() -> None:
     assert "more characters cut" in error.body
     assert len(str(error)) < limit + 1000
     assert all(len(str(reported)) < limit + 1000 for reported in errors)
+
+
+def test_any_error_text_is_bounded_whoever_built_the_message() -> None:
+    # The session mint (and anything else) may quote a server's whole answer.
+    error = segops.SegOpsApiError("SegOps: session mint failed: " + "y" * 10_000_000)
+    assert len(str(error)) < 3 * MAX_ERROR_TEXT_CHARS
+    assert str(error).endswith("more characters cut]")
+    assert len(error.reason) < 3 * MAX_ERROR_TEXT_CHARS

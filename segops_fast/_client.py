@@ -354,9 +354,9 @@ class SegOpsClient:
             return
         if not flusher.has_background_thread:
             flusher.send_everything_here(final=False)
-        if timeout is not None and not request.wait(timeout):
+        if not request.wait(timeout):
+            assert timeout is not None  # only a timeout ends the wait unanswered
             raise _flush_timed_out(timeout, self.stats().queued, flusher.why_undelivered())
-        request.wait(None)
         if request.error is not None:
             raise _undelivered_error("flush()", request) from request.error
 
@@ -616,16 +616,21 @@ def _undelivered_error(call: str, request: FlushRequest) -> SegOpsApiError:
     cause = request.error
     assert cause is not None
     undelivered = request.undelivered
+    queued = undelivered - sum(request.given_up.values())
+    # Whole, when all went one way: "They were handed to on_drop ..."; else counted.
+    whole = len(request.given_up) + bool(queued) == 1
     where = []
     for reason, count in request.given_up.items():
-        subject = "" if count == undelivered else f"{count} of them: "
-        where.append(subject + handed_over(count, reason))
-    queued = undelivered - sum(request.given_up.values())
+        subject = None if whole else f"{count} of them {'was' if count == 1 else 'were'}"
+        where.append(handed_over(count, reason, subject))
     if queued:
-        subject = "" if queued == undelivered else f"{queued} of them: "
-        stays = "It stays queued and is" if queued == 1 else "They stay queued and are"
+        if whole:
+            subject = "It stays queued and is" if queued == 1 else "They stay queued and are"
+        else:
+            subject = f"{queued} of them {'stays' if queued == 1 else 'stay'} queued and"
+            subject += " is" if queued == 1 else " are"
         # Only an API that cannot be reached (or a token that cannot be had) keeps events.
-        where.append(f"{subject}{stays} tried again every flush_interval")
+        where.append(f"{subject} tried again every flush_interval")
     reason = describe(cause)
     fix = fix_for(cause)
     return SegOpsApiError(
@@ -696,4 +701,4 @@ def _raise_if_stopped(flusher: Flusher) -> None:
     failure = flusher.failure
     if failure is not None:
         # A new exception each time: raising one object twice would pile up tracebacks.
-        raise SegOpsApiError(str(failure), reason=failure.reason)
+        raise SegOpsApiError(str(failure), reason=failure.reason, fix=failure.fix)

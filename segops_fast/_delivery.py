@@ -61,10 +61,12 @@ REASON_CLOSED = "closed"
 _COUNTED_DROPPED = (REASON_SHUTDOWN_DEADLINE, REASON_QUEUE_FULL, REASON_CLOSED)
 
 
-def handed_over(count: int, reason: str) -> str:
-    """Where given-up events are now, as the end of a message."""
+def handed_over(count: int, reason: str, subject: str | None = None) -> str:
+    """Where given-up events are now, as a sentence ("They were handed to on_drop ...");
+    ``subject`` replaces "They were"."""
     counter = "dropped" if reason in _COUNTED_DROPPED else "failed"
-    subject = "It was" if count == 1 else "They were"
+    if subject is None:
+        subject = "It was" if count == 1 else "They were"
     return f"{subject} handed to on_drop (reason {reason!r}) and counted in stats().{counter}"
 
 

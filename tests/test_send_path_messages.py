@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 import segops_fast as segops
+from segops_fast._client import _undelivered_error
 from segops_fast._errors import MAX_ERROR_TEXT_CHARS
+from segops_fast._flusher import FlushRequest
 from segops_fast.testing import LocalIngestServer
 
 from .conftest import MakeClient, assert_idle_invariant, track_numbered
@@ -230,3 +232,16 @@ def test_any_error_text_is_bounded_whoever_built_the_message() -> None:
     assert len(str(error)) < 3 * MAX_ERROR_TEXT_CHARS
     assert str(error).endswith("more characters cut]")
     assert len(error.reason) < 3 * MAX_ERROR_TEXT_CHARS
+
+
+def test_a_flush_whose_events_went_several_ways_says_how_many_went_each_way() -> None:
+    refused = segops.SegOpsApiError("SegOps: refused", reason="the API refused the request")
+    request = FlushRequest(target=3, patience_ends_at=0.0)
+    request.note_undelivered(0, 2, refused, "failed")
+    request.note_undelivered(2, 1, refused)
+    text = str(_undelivered_error("flush()", request))
+    assert text == (
+        "SegOps: 3 events could not be delivered by flush(): the API refused the request. "
+        "2 of them were handed to on_drop (reason 'failed') and counted in stats().failed; "
+        "1 of them stays queued and is tried again every flush_interval."
+    )

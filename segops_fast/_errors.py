@@ -110,11 +110,13 @@ def sentences(*parts: str) -> str:
 
 def unexpected(error: BaseException) -> str:
     """An exception nobody expected, named without its text (see :func:`describe`)."""
-    frames = traceback.extract_tb(error.__traceback__)
+    # walk_tb, not extract_tb: no source file is read on the sending thread.
+    frames = list(traceback.walk_tb(error.__traceback__))
     place = ""
     if frames:
-        last = frames[-1]
-        place = f" in {last.name}() at {os.path.basename(last.filename)}:{last.lineno}"
+        frame, line = frames[-1]
+        code = frame.f_code
+        place = f" in {code.co_name}() at {os.path.basename(code.co_filename)}:{line}"
     return (
         f"an unexpected {type(error).__name__}{place} (its text is not shown: it may "
         "hold the API key); please report it"

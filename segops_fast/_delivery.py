@@ -2,8 +2,11 @@
 
 This module owns what a response means: which statuses are retried (429, 5xx, no
 response) and how long to wait before the next attempt (exponential backoff with full
-jitter, ``Retry-After`` honoured up to the cap); 413 splits a batch in half; 401 re-mints
-a ``pk_`` session once; anything else refuses the events at once. Every attempt of a
+jitter, ``Retry-After`` honoured up to the cap, and ignored when it asks for no finite,
+non-negative wait); 413 splits a batch in half; 401 re-mints a ``pk_`` session once;
+anything else refuses the events at once, and an exception nobody expected gives up the
+batch it happened to, never the thread. It also words what it gives up: each message
+says what happened, how many events, where they went, and the fix. Every attempt of a
 request carries the same ``Idempotency-Key``. A batch is attempted once per call: when it
 must be retried, the call says when, and the caller decides what to send meanwhile. When
 the API cannot be reached at all, no retry is spent: the batches are handed back unsent,

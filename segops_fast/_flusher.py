@@ -25,6 +25,14 @@ to take it, and it always sends the last batch of a cycle itself. So a web worke
 cycle fills one request pays no thread hand-off at all, while a backfill keeps
 ``max_in_flight`` requests under way. A cycle ends when all its requests are answered.
 
+When a thread of ours fails
+---------------------------
+A request that raises an exception nobody expected gives up its own batch (see
+:mod:`~segops_fast._delivery`) and sending goes on. Should the flusher or a sender thread
+itself meet one (a bug, or ``sys.exit()`` in a callback), it does not end silently: every
+event held is given up as ``unexpected_error``, the user is told, a ``track()`` waiting for
+room is released, and ``flush()`` and ``shutdown()`` raise from then on.
+
 Numbering
 ---------
 Events are numbered in the order they were taken from the buffer. A flush is done when

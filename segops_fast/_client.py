@@ -20,7 +20,17 @@ import orjson
 
 from . import _async, _concurrency, _lifecycle, _uwsgi
 from ._batching import new_idempotency_key
-from ._delivery import Deadline, Delivery, GivenUp, RetryPolicy
+from ._delivery import (
+    REASON_CLOSED,
+    REASON_QUEUE_FULL,
+    REASON_UNEXPECTED_ERROR,
+    Deadline,
+    Delivery,
+    GivenUp,
+    RetryPolicy,
+    handed_over,
+    shutdown_deadline_error,
+)
 from ._encoding import (
     RENDERED_TIMESTAMP_BYTES,
     Record,
@@ -29,8 +39,15 @@ from ._encoding import (
     event_fields,
     render_event,
 )
-from ._errors import InvalidEventError, SegOpsApiError
-from ._flusher import Flusher
+from ._errors import (
+    InvalidEventError,
+    SegOpsApiError,
+    count_events,
+    describe,
+    fix_for,
+    sentences,
+)
+from ._flusher import Flusher, FlushRequest
 from ._options import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
@@ -52,10 +69,6 @@ from ._transport import Transport
 from ._types import Context, Event, UserContext
 
 logger = logging.getLogger("segops_fast")
-
-#: Why events were dropped before a request was made, as passed to ``on_drop``.
-REASON_QUEUE_FULL = "queue_full"
-REASON_CLOSED = "closed"
 
 _dumps = orjson.dumps
 _JSONEncodeError = orjson.JSONEncodeError
@@ -83,7 +96,10 @@ class _Reporter:
         try:
             self._on_error(error)
         except Exception:
-            logger.exception("SegOps: the on_error callback raised")
+            logger.exception(
+                "SegOps: the on_error callback raised (its traceback follows); sending goes "
+                "on. Make the function given as on_error catch its own errors."
+            )
 
     def given_up(self, given_up: GivenUp) -> None:
         """Tell the user about events that will not be delivered (already counted)."""
@@ -96,7 +112,10 @@ class _Reporter:
         try:
             self._on_drop([orjson.loads(event) for event in events], reason)
         except Exception:
-            logger.exception("SegOps: the on_drop callback raised")
+            logger.exception(
+                "SegOps: the on_drop callback raised (its traceback follows); sending goes "
+                "on. Make the function given as on_drop catch its own errors."
+            )
 
 
 class _Pipeline:
@@ -130,7 +149,7 @@ class _Pipeline:
             compression=options.compression,
         )
         self.session = (
-            SessionManager(options.api_key, get_user, self.transport)
+            SessionManager(options.api_key, _checked(get_user), self.transport)
             if options.uses_session
             else None
         )
@@ -332,16 +351,15 @@ class SegOpsClient:
         self._refuse_from_own_thread(flusher, "flush")
         request = flusher.request_flush()
         if request is None:
+            _raise_if_stopped(flusher)
             return
         if not flusher.has_background_thread:
             flusher.send_everything_here(final=False)
         if not request.wait(timeout):
-            raise SegOpsApiError(
-                f"SegOps: flush timed out after {timeout}s; undelivered events stay queued",
-                undelivered=self.stats().queued,
-            )
+            assert timeout is not None  # only a timeout ends the wait unanswered
+            raise _flush_timed_out(timeout, self.stats().queued, flusher.why_undelivered())
         if request.error is not None:
-            raise _undelivered_error(request.undelivered, request.error)
+            raise _undelivered_error("flush()", request) from request.error
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Send everything queued and stop the background thread; idempotent.
@@ -364,17 +382,21 @@ class SegOpsClient:
         if not flusher.has_background_thread:
             flusher.send_everything_here(final=True)
         flusher.stop()
-        if not flusher.join(deadline):
+        if flusher.join(deadline):
+            pipeline.transport.close()
+        else:
             pipeline.deadline.expire_now()
-            undelivered = flusher.abandon()
-            raise SegOpsApiError(
-                f"SegOps: shutdown deadline of {deadline}s passed with {undelivered} events "
-                "undelivered; they are handed to on_drop and counted as dropped",
-                undelivered=undelivered,
+            flusher.abandon()
+        # The threads may also have ended before the deadline, when nothing left could
+        # be sent before it (the next retry was due after it): the same message then.
+        _raise_if_stopped(flusher)
+        if flusher.given_up_at_deadline:
+            error = shutdown_deadline_error(
+                flusher.given_up_at_deadline, deadline, flusher.deadline_cause
             )
-        pipeline.transport.close()
+            raise error from None if request is None else request.error
         if request is not None and request.error is not None:
-            raise _undelivered_error(request.undelivered, request.error)
+            raise _undelivered_error("shutdown()", request) from request.error
 
     def close(self) -> None:
         """The same as :meth:`shutdown`."""
@@ -533,9 +555,10 @@ class SegOpsClient:
         return True
 
     def _refused(self, record: Record) -> None:
+        flusher = self._pipeline.flusher
         if self._options.on_full == "block" and not self._closed:
-            flusher = self._pipeline.flusher
-            while not self._closed:
+            # A flusher that stopped for good will never make room: nor wait for it.
+            while not self._closed and flusher.failure is None:
                 if flusher.has_background_thread:
                     flusher.buffer.wait_for_room(None)
                 else:
@@ -543,23 +566,39 @@ class SegOpsClient:
                     flusher.send_everything_here(final=False)
                 if flusher.buffer.append(record):
                     return
-        reason = REASON_CLOSED if self._closed else REASON_QUEUE_FULL
-        self._pipeline.counters.refused_at_track(1)
+        if self._closed:
+            reason = REASON_CLOSED
+        elif flusher.failure is not None:
+            reason = REASON_UNEXPECTED_ERROR
+        else:
+            reason = REASON_QUEUE_FULL
+        if reason == REASON_UNEXPECTED_ERROR:
+            self._pipeline.counters.refused_at_track(1, failed=True)
+        else:
+            self._pipeline.counters.refused_at_track(1)
         self._reporter.dropped([render_event(record)], reason)
         if reason == REASON_CLOSED:
             if not self._told_closed:
                 self._told_closed = True
                 self._reporter.error(
-                    RuntimeError("SegOps: track() after shutdown(); the event is dropped")
+                    RuntimeError(
+                        "SegOps: track() was called after shutdown(), so its event could "
+                        f"not be sent. {handed_over(1, REASON_CLOSED)}. Track events before "
+                        "shutdown(), or create a new SegOpsClient."
+                    )
                 )
-        else:
+        elif reason == REASON_QUEUE_FULL:
             now = time.monotonic()
             if now - self._last_full_report >= _QUEUE_FULL_REPORT_INTERVAL:
                 self._last_full_report = now
                 self._reporter.error(
                     RuntimeError(
-                        f"SegOps: queue full ({self._options.max_queue_size} events); "
-                        "dropping new events (see stats().dropped)"
+                        f"SegOps: the queue is full (max_queue_size="
+                        f"{self._options.max_queue_size} events): the API takes events "
+                        "slower than they come, or cannot be reached. New events are "
+                        "handed to on_drop (reason 'queue_full') and counted in "
+                        "stats().dropped until there is room. Raise max_queue_size, or pass "
+                        "on_full='block' to make track() wait for room."
                     )
                 )
 
@@ -567,17 +606,100 @@ class SegOpsClient:
     def _refuse_from_own_thread(flusher: Flusher, method: str) -> None:
         if flusher.is_own_thread:
             raise RuntimeError(
-                f"SegOps: {method}() cannot be called from on_error or on_drop: "
-                "those run on the thread that would have to do the work"
+                f"SegOps: {method}() was called from on_error or on_drop, which run on the "
+                f"thread that would have to do its work, so it would wait forever. Call "
+                f"{method}() from your own code after the callback returns."
             )
 
 
-def _undelivered_error(undelivered: int, cause: BaseException) -> SegOpsApiError:
-    status = getattr(cause, "status", None)
-    body = getattr(cause, "body", "")
+def _undelivered_error(call: str, request: FlushRequest) -> SegOpsApiError:
+    """Why ``call`` could not deliver some of the events it waited for, and where they are."""
+    cause = request.error
+    assert cause is not None
+    undelivered = request.undelivered
+    queued = undelivered - sum(request.given_up.values())
+    # Whole, when all went one way: "They were handed to on_drop ..."; else counted.
+    whole = len(request.given_up) + bool(queued) == 1
+    where = []
+    for reason, count in request.given_up.items():
+        subject = None if whole else f"{count} of them {'was' if count == 1 else 'were'}"
+        where.append(handed_over(count, reason, subject))
+    if queued:
+        if whole:
+            subject = "It stays queued and is" if queued == 1 else "They stay queued and are"
+        else:
+            subject = f"{queued} of them {'stays' if queued == 1 else 'stay'} queued and"
+            subject += " is" if queued == 1 else " are"
+        # Only an API that cannot be reached (or a token that cannot be had) keeps events.
+        where.append(f"{subject} tried again every flush_interval")
+    reason = describe(cause)
+    fix = fix_for(cause)
     return SegOpsApiError(
-        f"SegOps: {undelivered} events could not be delivered: {cause}",
-        status=status,
-        body=body,
+        sentences(
+            f"SegOps: {count_events(undelivered)} could not be delivered by {call}: {reason}",
+            "; ".join(where),
+            fix,
+        ),
+        status=getattr(cause, "status", None),
+        body=getattr(cause, "body", ""),
         undelivered=undelivered,
+        reason=reason,
+        fix=fix,
     )
+
+
+def _flush_timed_out(timeout: float, queued: int, why: BaseException | None) -> SegOpsApiError:
+    reason = "the API has not answered yet" if why is None else describe(why)
+    stays = "It stays" if queued == 1 else "They stay"
+    fix = sentences(
+        fix_for(why) if why is not None else "",
+        "To wait longer, pass flush() a larger timeout",
+    )
+    return SegOpsApiError(
+        sentences(
+            f"SegOps: flush(timeout={timeout:g}) returned with {count_events(queued)} "
+            f"undelivered: {reason}",
+            f"{stays} queued and will be sent once the API answers",
+            fix,
+        ),
+        undelivered=queued,
+        reason=reason,
+        fix=fix,
+    )
+
+
+_GET_USER_FIX = "Fix the function given as get_user"
+
+
+def _checked(get_user: Callable[[], UserContext]) -> Callable[[], UserContext]:
+    """``get_user`` whose failures are reported as what they are: the session mint that
+    needs the user cannot be made, and the events wait for it, as for a refused mint."""
+
+    def current_user() -> UserContext:
+        try:
+            user = get_user()
+        except Exception as error:
+            # Its type only: the user's own exception is chained, for their traceback.
+            cause = f"get_user() raised {type(error).__name__}, so no session token could be had"
+            raise SegOpsApiError(
+                sentences(f"SegOps: {cause}", _GET_USER_FIX), reason=cause, fix=_GET_USER_FIX
+            ) from error
+        if not isinstance(user, UserContext):
+            cause = (
+                f"get_user() returned a {type(user).__name__}, not a UserContext, so no "
+                "session token could be had"
+            )
+            raise SegOpsApiError(
+                sentences(f"SegOps: {cause}", _GET_USER_FIX), reason=cause, fix=_GET_USER_FIX
+            )
+        return user
+
+    return current_user
+
+
+def _raise_if_stopped(flusher: Flusher) -> None:
+    """flush() and shutdown() never return normally once the sending thread has stopped."""
+    failure = flusher.failure
+    if failure is not None:
+        # A new exception each time: raising one object twice would pile up tracebacks.
+        raise SegOpsApiError(str(failure), reason=failure.reason, fix=failure.fix)

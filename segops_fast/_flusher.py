@@ -25,6 +25,14 @@ to take it, and it always sends the last batch of a cycle itself. So a web worke
 cycle fills one request pays no thread hand-off at all, while a backfill keeps
 ``max_in_flight`` requests under way. A cycle ends when all its requests are answered.
 
+When a thread of ours fails
+---------------------------
+A request that raises an exception nobody expected gives up its own batch (see
+:mod:`~segops_fast._delivery`) and sending goes on. Should the flusher or a sender thread
+itself meet one (a bug, or ``sys.exit()`` in a callback), it does not end silently: every
+event held is given up as ``unexpected_error``, the user is told, a ``track()`` waiting for
+room is released, and ``flush()`` and ``shutdown()`` raise from then on.
+
 Numbering
 ---------
 Events are numbered in the order they were taken from the buffer. A flush is done when
@@ -48,13 +56,16 @@ from ._delivery import (
     REASON_FAILED,
     REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
+    REASON_UNEXPECTED_ERROR,
     Attempted,
     Deadline,
     Delivery,
     GivenUp,
+    given_up_error,
+    shutdown_deadline_error,
 )
 from ._encoding import Record
-from ._errors import SegOpsApiError
+from ._errors import SegOpsApiError, count_events, describe, fix_for, sentences, unexpected
 from ._schedule import SendSchedule
 from ._stats import DeliveryCounters
 from ._transport import NetworkConfigError
@@ -74,18 +85,25 @@ class FlushRequest:
         #: (``time.monotonic()``), then reports its events undelivered.
         self.patience_ends_at = patience_ends_at
         self.undelivered = 0
+        #: How many of the undelivered events were given up, by reason; the rest stay queued.
+        self.given_up: dict[str, int] = {}
         self.error: BaseException | None = None
         self._done = threading.Event()
 
     def wait(self, timeout: float | None) -> bool:
         return self._done.wait(timeout)
 
-    def note_undelivered(self, first: int, count: int, error: BaseException) -> None:
-        """Events ``first`` to ``first + count`` are undelivered: count those this flush covers."""
+    def note_undelivered(
+        self, first: int, count: int, error: BaseException, given_up_as: str | None = None
+    ) -> None:
+        """Events ``first`` to ``first + count`` are undelivered (given up for the reason
+        ``given_up_as``, or still queued): count those this flush covers."""
         covered = min(count, self.target - first)
         if covered > 0:
             self.undelivered += covered
             self.error = error
+            if given_up_as is not None:
+                self.given_up[given_up_as] = self.given_up.get(given_up_as, 0) + covered
 
     def finish(self) -> None:
         self._done.set()
@@ -150,10 +168,17 @@ class Flusher:
         self._events_waiting_since: float | None = None
         #: The number the next event taken from the buffer gets.
         self._next_number = 0
-        #: Set once the shutdown deadline has passed and everything held was given up.
+        #: Set once everything held was given up: at the shutdown deadline, or when a
+        #: thread of ours stopped on an unexpected exception.
         self._abandoned = False
         self._abandon_finished = threading.Event()
-        self._given_up_at_deadline = 0
+        #: How many events the shutdown deadline made us give up, and the last failure of
+        #: the oldest of them that had one.
+        self.given_up_at_deadline = 0
+        self.deadline_cause: BaseException | None = None
+        #: Set when a thread of ours stopped on an unexpected exception: what the user is
+        #: told then. Nothing is sent after that.
+        self.failure: SegOpsApiError | None = None
         #: Without a background thread: when the oldest waiting event arrived, and which
         #: thread is sending right now (its callbacks must not flush from inside).
         self._waiting_since: float | None = None
@@ -203,41 +228,94 @@ class Flusher:
         ever both dropped and sent. Returns how many events were given up. Safe to call
         from any thread, more than once: later calls wait for the first to finish.
         """
+        seconds = self._deadline.seconds
+        causes = []
+
+        def deadline_error(batch: Batch) -> SegOpsApiError:
+            if batch.last_error is not None:
+                causes.append(batch.last_error)
+            return shutdown_deadline_error(len(batch), seconds, batch.last_error)
+
+        given_up = self._give_up_everything(REASON_SHUTDOWN_DEADLINE, deadline_error)
+        if given_up is not None:
+            self.deadline_cause = causes[0] if causes else None
+            self.given_up_at_deadline = given_up
+        self._abandon_finished.wait()
+        return self.given_up_at_deadline
+
+    def _stop_on_failure(self, error: BaseException) -> None:
+        """A thread of ours met an exception nobody expected: stop sending for good.
+
+        Whatever was held is handed to ``on_drop`` as ``unexpected_error`` and counted as
+        failed, the user is told (never with the exception's text: see
+        :func:`~segops_fast._errors.describe`), a ``track()`` waiting for room is released
+        and later events are refused, and ``flush()`` and ``shutdown()`` raise from now on.
+        """
+        cause = f"the thread sending events stopped on {unexpected(error)}"
+        fix = "Create a new SegOpsClient to send again"
+        report = SegOpsApiError(
+            sentences(
+                f"SegOps: {cause}",
+                "This client sends nothing more: every event it held, and every event "
+                f"tracked from now on, is handed to on_drop (reason {REASON_UNEXPECTED_ERROR!r})"
+                " and counted in stats().failed",
+                fix,
+            ),
+            reason=cause,
+            fix=fix,
+        )
+        with self._lock:
+            if self.failure is not None:
+                return
+            self.failure = report
+        self.buffer.close()
+        try:
+            self._give_up_everything(
+                REASON_UNEXPECTED_ERROR,
+                lambda batch: given_up_error(len(batch), REASON_UNEXPECTED_ERROR, cause),
+            )
+        finally:
+            # Last: a callback that raises again (SystemExit) must not keep events held.
+            self._report_error(report)
+
+    def _give_up_everything(
+        self, reason: str, error_for: Callable[[Batch], SegOpsApiError]
+    ) -> int | None:
+        """Give up every event not finished for ``reason``; how many, or None if an earlier
+        call did (this one then returns at once)."""
         with self._lock:
             if self._abandoned:
-                first_call = False
-            else:
-                first_call = self._abandoned = self._stopping = True
-                unanswered = sorted(self._in_flight.values(), key=lambda batch: batch.first)
-                held = self._schedule.take_all()
-                self._in_flight.clear()
-                self._to_send.clear()
-                waiting = self._take_numbered()
-                if waiting:
-                    held.append(self._in_flight.pop(self._next_number - len(waiting)))
-                self._count_held_events()
-                self._changed.notify_all()
-        if not first_call:
-            self._abandon_finished.wait()
-            return self._given_up_at_deadline
-        self._wake.set()
-        given_up = []
-        for batch in unanswered:
-            error = SegOpsApiError(
-                "SegOps: shutdown deadline passed with these events in a request not yet "
-                "answered: the server may have stored them",
-                undelivered=len(batch),
+                return None
+            self._abandoned = self._stopping = True
+            unanswered = list(self._in_flight.values())
+            held = self._schedule.take_all()
+            self._in_flight.clear()
+            self._to_send.clear()
+            waiting = self._take_numbered()
+            if waiting:
+                held.append(self._in_flight.pop(self._next_number - len(waiting)))
+            self._count_held_events()
+            self._changed.notify_all()
+        try:
+            self._wake.set()
+            batches = sorted([*unanswered, *held], key=lambda batch: batch.first)
+            self._give_up([GivenUp.of_batch(batch, reason, error_for(batch)) for batch in batches])
+            # Everything is finished now: whoever still waits in flush() has an answer.
+            self._answer(list(self._open_requests), final=True)
+            return sum(len(batch) for batch in batches)
+        finally:
+            self._abandon_finished.set()
+
+    def why_undelivered(self) -> BaseException | None:
+        """Why events wait: the API cannot be reached, or the last failure of the oldest
+        batch that failed; None if none has (its request may just be slow)."""
+        with self._lock:
+            if self._schedule.unavailable_error is not None:
+                return self._schedule.unavailable_error
+            batches = sorted(
+                [*self._in_flight.values(), *self._schedule], key=lambda batch: batch.first
             )
-            given_up.append(GivenUp.of_batch(batch, REASON_SHUTDOWN_DEADLINE, error))
-        for batch in held:
-            error = SegOpsApiError("SegOps: shutdown deadline passed", undelivered=len(batch))
-            given_up.append(GivenUp.of_batch(batch, REASON_SHUTDOWN_DEADLINE, error))
-        self._give_up(given_up)
-        self._given_up_at_deadline = sum(len(batch) for batch in (*unanswered, *held))
-        # Everything is finished now: whoever still waits in flush() has an answer.
-        self._answer(list(self._open_requests), final=True)
-        self._abandon_finished.set()
-        return self._given_up_at_deadline
+        return next((batch.last_error for batch in batches if batch.last_error), None)
 
     @property
     def has_background_thread(self) -> bool:
@@ -270,9 +348,13 @@ class Flusher:
     # -- the flusher thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        # Every exception is caught, and BaseExceptions too: in a thread of ours, SystemExit
+        # (sys.exit() in a callback) would end it silently, and there is no caller for a
+        # KeyboardInterrupt to reach (signals go to the main thread only).
         try:
-            while not self._deadline.passed():
-                self._wait_until_due()
+            while not self._deadline.passed() and not self._abandoned:
+                if not self._wait_until_due():
+                    break  # whatever is left could only go after the deadline
                 if self._deadline.passed():
                     break
                 stopping = self._stopping
@@ -280,14 +362,17 @@ class Flusher:
                 if stopping and not self._has_work_left():
                     return
             self._give_up_everything_left()
+        except BaseException as error:  # see above
+            self._stop_on_failure(error)
         finally:
             with self._lock:
                 self._stopping = True
                 self._senders_may_exit = True
                 self._changed.notify_all()
 
-    def _wait_until_due(self) -> None:
-        """Return when a cycle is due: see :meth:`_seconds_until_due`."""
+    def _wait_until_due(self) -> bool:
+        """Return when a cycle is due (see :meth:`_seconds_until_due`): True, or False when
+        stopping and nothing left can be sent before the shutdown deadline."""
         sure_nothing_was_missed = False
         try:
             while True:
@@ -303,12 +388,11 @@ class Flusher:
                         or self._schedule.seconds_paused(now)
                     )
                 if wait == 0.0:
-                    return
+                    return True
                 if stopping:
                     # Only a pause or retries are left to wait for, unless the deadline
                     # comes first.
-                    self._deadline.sleep(wait or 0.0)
-                    return
+                    return not self._deadline.sleep(wait or 0.0)
                 idle = False
                 if producers_may_wake_us:
                     idle = not len(self.buffer)
@@ -397,12 +481,35 @@ class Flusher:
             now = time.monotonic()
             if final or now - self._last_unreachable_report >= _UNREACHABLE_REPORT_INTERVAL:
                 self._last_unreachable_report = now
-                self._report_error(blocked)
+                self._report_error(self._waiting_for_api_error(blocked, final=final))
             if final:
                 # Shutting down and the API cannot be reached: these cannot be delivered.
                 self._give_up_held(REASON_FAILED, blocked)
         self._answer(answerable, final=final)
         return blocked is None
+
+    def _waiting_for_api_error(self, blocked: BaseException, *, final: bool) -> SegOpsApiError:
+        """The report of an API that cannot be reached (or a token that cannot be had)."""
+        with self._lock:
+            held = self._schedule.held_events() + len(self.buffer)
+        cause = describe(blocked)
+        if final:
+            where = "shutdown() gives them up now"
+        else:
+            where = (
+                f"{'it waits' if held == 1 else 'they wait'} in the queue, tried again every "
+                f"flush_interval ({self._flush_interval:g}s), and {'is' if held == 1 else 'are'} "
+                "sent once the API answers"
+            )
+        fix = fix_for(blocked)
+        error = SegOpsApiError(
+            sentences(f"SegOps: {cause}", f"{count_events(held)} could not be sent: {where}", fix),
+            undelivered=held,
+            reason=cause,
+            fix=fix,
+        )
+        error.__cause__ = blocked
+        return error
 
     def _has_work_left(self) -> bool:
         return bool(self._schedule or len(self.buffer))
@@ -517,6 +624,7 @@ class Flusher:
         """flush() and shutdown() without a background thread: send until nothing waits,
         the API cannot be reached, or the deadline passes (then give up what is left)."""
         with self._sending_here:
+            out_of_time = False
             while self._has_work_left() and not self._deadline.passed():
                 # Wait here, as flush() would, for a pause the server asked for to end,
                 # or when only retries are left, for the next.
@@ -524,11 +632,10 @@ class Flusher:
                 wait = self._schedule.seconds_paused(now)
                 if not self._schedule.waiting_for_api and not len(self.buffer):
                     wait = max(wait, self._schedule.seconds_until_retry(now) or 0.0)
-                if wait > 0 and self._deadline.sleep(wait):
+                out_of_time = wait > 0 and self._deadline.sleep(wait)
+                if out_of_time or not self._send_here(final=final):
                     break
-                if not self._send_here(final=final):
-                    break
-            if final and self._deadline.passed():
+            if final and (out_of_time or self._deadline.passed()):
                 self._give_up_everything_left()
             self._answer(list(self._open_requests), final=final)
 
@@ -543,18 +650,21 @@ class Flusher:
     # -- sending (the flusher thread, or a sender thread) ------------------------------------
 
     def _run_sender(self) -> None:
-        while True:
-            with self._lock:
-                self._changed.wait_for(lambda: bool(self._to_send) or self._senders_may_exit)
-                if not self._to_send:
-                    return
-                batch = self._to_send.popleft()
-                self._idle_senders -= 1
-            try:
-                self._send(batch)
-            finally:
+        try:
+            while True:
                 with self._lock:
-                    self._idle_senders += 1
+                    self._changed.wait_for(lambda: bool(self._to_send) or self._senders_may_exit)
+                    if not self._to_send:
+                        return
+                    batch = self._to_send.popleft()
+                    self._idle_senders -= 1
+                try:
+                    self._send(batch)
+                finally:
+                    with self._lock:
+                        self._idle_senders += 1
+        except BaseException as error:  # as in _run
+            self._stop_on_failure(error)
 
     def _send(self, batch: Batch) -> None:
         attempted = self._delivery.attempt_batch(batch)
@@ -575,6 +685,8 @@ class Flusher:
             self._counters.acknowledged(events, body_bytes)
         self._count_given_up(attempted.given_up)
         if attempted.unavailable is not None:
+            for batch in attempted.unsent:
+                batch.last_error = attempted.unavailable
             self._schedule.hold_unsent(attempted.unsent, attempted.unavailable, time.monotonic())
         self._schedule.retry_later(attempted.to_retry)
         self._schedule.pause_until(attempted.resume_at)
@@ -587,7 +699,7 @@ class Flusher:
         for part in given_up:
             self._counters.given_up(len(part.events), failed=part.failed)
             for request in self._open_requests:
-                request.note_undelivered(part.first, len(part.events), part.error)
+                request.note_undelivered(part.first, len(part.events), part.error, part.reason)
 
     def _give_up(self, given_up: list[GivenUp]) -> None:
         with self._lock:
@@ -602,14 +714,13 @@ class Flusher:
             self._count_held_events()
         given_up = []
         for batch in held:
-            message = f"SegOps: {len(batch)} events undelivered: {error}"
-            failure = SegOpsApiError(message, undelivered=len(batch))
             # Never sent this time, but an earlier attempt may have been stored unanswered.
             why = (
                 REASON_RETRIES_EXHAUSTED
                 if reason == REASON_FAILED and batch.maybe_stored
                 else reason
             )
+            failure = given_up_error(len(batch), why, describe(error), fix=fix_for(error))
             given_up.append(GivenUp.of_batch(batch, why, failure))
         self._give_up(given_up)
 

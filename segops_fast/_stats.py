@@ -24,7 +24,8 @@ class Stats:
     sent: int
     #: Events given up without a failed request: queue full, client closed, shutdown deadline.
     dropped: int
-    #: Events the server refused, or that still failed after every retry.
+    #: Events the server refused, that still failed after every retry, or that an
+    #: unexpected error kept from being sent.
     failed: int
     #: Requests sent again after a retryable failure.
     retried: int
@@ -79,10 +80,15 @@ class DeliveryCounters:
             else:
                 self.dropped += events
 
-    def refused_at_track(self, events: int) -> None:
+    def refused_at_track(self, events: int, *, failed: bool = False) -> None:
+        """Events refused by ``track()``: dropped (queue full, client closed), or
+        ``failed`` when the client can no longer send (its sending thread stopped)."""
         with self._lock:
             self.outside_buffer += events
-            self.dropped += events
+            if failed:
+                self.failed += events
+            else:
+                self.dropped += events
 
     def retry(self) -> None:
         with self._lock:

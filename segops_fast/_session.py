@@ -17,7 +17,7 @@ from typing import Callable
 
 import orjson
 
-from ._errors import SegOpsApiError
+from ._errors import SegOpsApiError, bounded, sentences
 from ._secrets import key_problem, mask_key
 from ._transport import Transport
 from ._types import UserContext
@@ -85,14 +85,21 @@ class SessionManager:
     def _mint_unless_refused(self) -> tuple[str, float]:
         now = time.monotonic()
         if self._refusal is not None and now < self._mint_again_at:
+            refusal = self._refusal
+            reason = f"{refusal.reason} (the next mint is in {self._mint_again_at - now:.1f}s)"
             raise SegOpsApiError(
-                f"{self._refusal} (the next mint is in {self._mint_again_at - now:.1f}s)",
-                status=self._refusal.status,
-                body=self._refusal.body,
-            )
+                f"SegOps: {reason}",
+                status=refusal.status,
+                body=refusal.body,
+                reason=reason,
+                fix=refusal.fix,
+            ) from refusal.__cause__
         try:
             minted = self._mint()
         except SegOpsApiError as refusal:
+            if refusal.status is None:
+                # Not the server's refusal (get_user failed): asking again costs it nothing.
+                raise
             self._refusals += 1
             backoff = MINT_BACKOFF_BASE_SECONDS * 2.0 ** min(self._refusals - 1, 16)
             self._mint_again_at = now + min(MINT_BACKOFF_CAP_SECONDS, backoff)
@@ -119,16 +126,21 @@ class SessionManager:
         )
         if not response.ok:
             fix = (
-                ". Check the key, and that get_user signs the user id each time it is "
+                "Check api_key, and that get_user signs the user id each time it is "
                 "called (a signature is accepted for five minutes)"
                 if response.status in (401, 403)
                 else ""
             )
+            reason = (
+                f"the API refused a session for {mask_key(self._api_key)}: HTTP "
+                f"{response.status}: {bounded(response.text())}"
+            )
             raise SegOpsApiError(
-                f"SegOps: the API refused a session for {mask_key(self._api_key)}: HTTP "
-                f"{response.status}: {response.text()}{fix}",
+                sentences(f"SegOps: {reason}", fix),
                 status=response.status,
                 body=response.text(),
+                reason=reason,
+                fix=fix,
             )
         try:
             answer = orjson.loads(response.body)

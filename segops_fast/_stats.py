@@ -34,6 +34,8 @@ class Stats:
     bytes_sent: int
     #: Events waiting in the buffer or in a request not yet answered.
     queued: int
+    #: Events the ``before_send`` hook dropped; not counted in ``enqueued``.
+    filtered: int
 
 
 class DeliveryCounters:
@@ -52,6 +54,7 @@ class DeliveryCounters:
         self.outside_buffer = 0
         #: Events taken from the buffer whose fate is not known yet.
         self.in_flight = 0
+        self.filtered = 0
 
     def taken(self, events: int) -> None:
         with self._lock:
@@ -84,6 +87,10 @@ class DeliveryCounters:
             self.outside_buffer += events
             self.dropped += events
 
+    def filtered_at_track(self, events: int) -> None:
+        with self._lock:
+            self.filtered += events
+
     def retry(self) -> None:
         with self._lock:
             self.retried += 1
@@ -99,4 +106,5 @@ class DeliveryCounters:
                 batches=self.batches,
                 bytes_sent=self.bytes_sent,
                 queued=waiting_in_buffer + self.in_flight,
+                filtered=self.filtered,
             )

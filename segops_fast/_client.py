@@ -31,6 +31,7 @@ from ._encoding import (
 )
 from ._errors import InvalidEventError, SegOpsApiError
 from ._flusher import Flusher
+from ._hooks import BeforeSend, HookRunner
 from ._options import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
@@ -205,6 +206,7 @@ class SegOpsClient:
         client_cert: str | None = None,
         client_key: str | None = None,
         compression: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         options = Options(
             api_url=api_url.rstrip("/") if isinstance(api_url, str) else api_url,
@@ -239,6 +241,12 @@ class SegOpsClient:
         self._max_unstamped_event_bytes = max_event_bytes - RENDERED_TIMESTAMP_BYTES
         self._get_user = get_user or anonymous_user
         self._reporter = _Reporter(on_error, on_drop)
+        # The bound method itself: track() pays one attribute test when it is unset.
+        self._before_send = (
+            None
+            if before_send is None
+            else HookRunner(before_send, max_event_bytes, self._reporter.error).record
+        )
         self._closed = False
         self._start_process_state()
         _lifecycle.register(self)
@@ -279,10 +287,15 @@ class SegOpsClient:
                 raise InvalidEventError("track() takes an event or keyword fields, not both")
             user_id, event_type, occurred_at, payload = event_fields(event)  # type: ignore[assignment]
         record: Record | None = None
+        if self._before_send is not None:
+            record = self._before_send(user_id, event_type, occurred_at, payload)
+            if record is None:
+                self._pipeline.counters.filtered_at_track(1)
+                return
         # The common case in line: a call saved is a tenth of track()'s cost (measured with
         # bench/profile_track.py). Anything else, and every error, goes to encode_event,
         # whose record this must equal (tests/test_validation.py checks that it does).
-        if (
+        elif (
             occurred_at is None
             and type(payload) is dict
             and type(user_id) is str

@@ -6,9 +6,10 @@ return, what happens when it fails), and the hooks the library offers:
 counting: the event the hook keeps is encoded by :mod:`segops_fast._encoding`, and the
 client counts the events it drops in ``stats().filtered``.
 
-The hook gets a new dict ``{"user_id", "event_type", "occurred_at", "payload"}`` (the
-event dict the README documents; ``occurred_at`` None means the time of ``track()``), so
-it may change that dict in place or return another. ``payload`` is the caller's own dict,
+The hook gets a new dict ``{"user_id", "event_type", "payload"}``, with ``occurred_at``
+too when the caller gave one (the event dict the README documents; without it, the event
+is stamped with the time of ``track()``), so it may change that dict in place or return
+another. ``payload`` is the caller's own dict,
 not a copy: copying every payload would cost every event, and peers (PostHog, Sentry)
 hand the hook the caller's objects too.
 """
@@ -20,8 +21,14 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ._encoding import Record, encode_event, event_fields
+import orjson
+
+from ._encoding import RENDERED_TIMESTAMP_BYTES, Record, encode_event, event_fields
 from ._errors import InvalidEventError
+
+_dumps = orjson.dumps
+_JSONEncodeError = orjson.JSONEncodeError
+_clock_ns = time.time_ns
 
 #: A ``before_send`` hook: the event as a dict in, the dict to send (or None to drop) out.
 BeforeSend = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
@@ -48,6 +55,7 @@ class HookRunner:
             )
         self._hook = hook
         self._max_event_bytes = max_event_bytes
+        self._max_unstamped_event_bytes = max_event_bytes - RENDERED_TIMESTAMP_BYTES
         self._report_error = report_error
         self._failures_lock = threading.Lock()
         self._failures_unreported = 0
@@ -72,12 +80,9 @@ class HookRunner:
         ):
             # Raises naming the problem (or accepts str subclasses and Mapping payloads).
             encode_event(user_id, event_type, occurred_at, payload, self._max_event_bytes)
-        event = {
-            "user_id": user_id,
-            "event_type": event_type,
-            "occurred_at": occurred_at,
-            "payload": {} if payload is None else payload,
-        }
+        event = {"user_id": user_id, "event_type": event_type, "payload": payload or {}}
+        if occurred_at is not None:
+            event["occurred_at"] = occurred_at
         try:
             kept = self._hook(event)
         except Exception as error:
@@ -85,9 +90,27 @@ class HookRunner:
             return encode_event(user_id, event_type, occurred_at, payload, self._max_event_bytes)
         if kept is None:
             return None
+        if type(kept) is dict and len(kept) == 3:
+            # The common case (no occurred_at) encoded here as track() does in line, the
+            # dict itself serialized: it holds the three fields and nothing else.
+            user_id_kept, event_type_kept = kept.get("user_id"), kept.get("event_type")
+            if (
+                type(user_id_kept) is str
+                and user_id_kept
+                and type(event_type_kept) is str
+                and event_type_kept
+                and type(kept.get("payload")) is dict
+            ):
+                stamp = _clock_ns()
+                try:
+                    encoded = _dumps(kept)
+                except _JSONEncodeError:
+                    pass  # encode_event names the problem below
+                else:
+                    if len(encoded) <= self._max_unstamped_event_bytes:
+                        return (stamp, encoded[1:])
         try:
-            if type(kept) is not dict or len(kept) != len(_EVENT_KEYS):
-                _check_keys(kept)
+            _check_keys(kept)
             return encode_event(*event_fields(kept), self._max_event_bytes)
         except InvalidEventError as error:
             self._failed(f"returned an event that cannot be sent ({error})", error)

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 import segops_fast as segops
+from segops_fast._encoding import encode_event
+from segops_fast._hooks import HookRunner
 from segops_fast.testing import LocalIngestServer
 
 from .conftest import MakeClient, assert_idle_invariant
@@ -31,16 +33,37 @@ def test_the_hook_gets_the_documented_event_dict_for_every_way_of_tracking(
     client.identify(user_id="u4", traits={"plan": "pro"})
 
     assert seen == [
-        {"user_id": "u1", "event_type": "a", "occurred_at": None, "payload": {"x": 1}},
+        {"user_id": "u1", "event_type": "a", "payload": {"x": 1}},
         {"user_id": "u2", "event_type": "b", "occurred_at": moment, "payload": {}},
-        {"user_id": "u3", "event_type": "c", "occurred_at": None, "payload": {"y": 2}},
-        {
-            "user_id": "u4",
-            "event_type": "context_identified",
-            "occurred_at": None,
-            "payload": {"plan": "pro"},
-        },
+        {"user_id": "u3", "event_type": "c", "payload": {"y": 2}},
+        {"user_id": "u4", "event_type": "context_identified", "payload": {"plan": "pro"}},
     ]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user_id": "u", "event_type": "e", "payload": {"x": [1, 2.5, None, "é"]}},
+        {"user_id": "u", "event_type": "e"},
+        {"user_id": "u", "event_type": "e", "occurred_at": "2020-01-01T00:00:00+00:00"},
+    ],
+)
+def test_a_hook_returning_its_argument_stores_the_record_track_stores_without_one(
+    fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("segops_fast._hooks._clock_ns", lambda: 1_700_000_000_123_456_789)
+    monkeypatch.setattr("segops_fast._encoding._clock_ns", lambda: 1_700_000_000_123_456_789)
+    runner = HookRunner(lambda event: event, 32 * 1024, lambda error: None)
+    hooked = runner.record(
+        fields["user_id"], fields["event_type"], fields.get("occurred_at"), fields.get("payload")
+    )
+    assert hooked == encode_event(
+        fields["user_id"],
+        fields["event_type"],
+        fields.get("occurred_at"),
+        fields.get("payload"),
+        32 * 1024,
+    )
 
 
 def test_the_server_stores_what_the_hook_returns_and_nothing_it_drops(

@@ -540,7 +540,7 @@ class SegOpsClient:
         pipeline.counters.sending_synchronously(1)
         given_up = pipeline.delivery.deliver_single(render_event(record), new_idempotency_key())
         if given_up is not None:
-            pipeline.counters.given_up(1, failed=given_up.failed)
+            pipeline.counters.given_up(1, failed=given_up.failed, reason=given_up.reason)
             self._reporter.given_up(given_up)
         return True
 
@@ -556,7 +556,7 @@ class SegOpsClient:
                 if flusher.buffer.append(record):
                     return
         reason = REASON_CLOSED if self._closed else REASON_QUEUE_FULL
-        self._pipeline.counters.refused_at_track(1)
+        self._pipeline.counters.refused_at_track(1, reason)
         self._reporter.dropped([render_event(record)], reason)
         if reason == REASON_CLOSED:
             if not self._told_closed:

@@ -13,6 +13,7 @@ microsecond; a background thread sends batches over a pooled connection.
 from ._client import SegOpsClient
 from ._errors import InvalidEventError, SegOpsApiError
 from ._hooks import BeforeSend, chain_before_send, sample_by_user
+from ._serverless import flush_after
 from ._signing import sign_user_id
 from ._stats import Stats
 from ._types import Context, Event, UserContext
@@ -29,6 +30,7 @@ __all__ = [
     "UserContext",
     "__version__",
     "chain_before_send",
+    "flush_after",
     "sample_by_user",
     "sign_user_id",
 ]

@@ -93,22 +93,22 @@ class HookRunner:
         if type(kept) is dict and len(kept) == 3:
             # The common case (no occurred_at) encoded here as track() does in line, the
             # dict itself serialized: it holds the three fields and nothing else.
-            user_id_kept, event_type_kept = kept.get("user_id"), kept.get("event_type")
-            if (
-                type(user_id_kept) is str
-                and user_id_kept
-                and type(event_type_kept) is str
-                and event_type_kept
-                and type(kept.get("payload")) is dict
-            ):
+            try:
+                user_id_kept, event_type_kept = kept["user_id"], kept["event_type"]
+                common = (
+                    type(user_id_kept) is str
+                    and user_id_kept
+                    and type(event_type_kept) is str
+                    and event_type_kept
+                    and type(kept["payload"]) is dict
+                )
                 stamp = _clock_ns()
-                try:
-                    encoded = _dumps(kept)
-                except _JSONEncodeError:
-                    pass  # encode_event names the problem below
-                else:
-                    if len(encoded) <= self._max_unstamped_event_bytes:
-                        return (stamp, encoded[1:])
+                encoded = _dumps(kept) if common else b""
+            except (KeyError, _JSONEncodeError):
+                pass  # encode_event names the problem below
+            else:
+                if common and len(encoded) <= self._max_unstamped_event_bytes:
+                    return (stamp, encoded[1:])
         try:
             _check_keys(kept)
             return encode_event(*event_fields(kept), self._max_event_bytes)

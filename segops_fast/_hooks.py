@@ -17,7 +17,6 @@ hand the hook the caller's objects too.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -57,7 +56,6 @@ class HookRunner:
         self._max_event_bytes = max_event_bytes
         self._max_unstamped_event_bytes = max_event_bytes - RENDERED_TIMESTAMP_BYTES
         self._report_error = report_error
-        self._failures_lock = threading.Lock()
         self._failures_unreported = 0
         self._last_report = -_FAILURE_REPORT_INTERVAL
 
@@ -119,13 +117,14 @@ class HookRunner:
     def _failed(self, what: str, error: BaseException) -> None:
         """Tell ``on_error``, at most once a second, naming what went wrong but no value of
         the event: the hook is often the one thing keeping personal data out of logs."""
+        # No lock: one held by another thread at a fork would stay held in the child, and
+        # a race between threads here costs at most a miscount or a second report.
         now = time.monotonic()
-        with self._failures_lock:
-            self._failures_unreported += 1
-            if now - self._last_report < _FAILURE_REPORT_INTERVAL:
-                return
-            failures, self._failures_unreported = self._failures_unreported, 0
-            self._last_report = now
+        self._failures_unreported += 1
+        if now - self._last_report < _FAILURE_REPORT_INTERVAL:
+            return
+        failures, self._failures_unreported = self._failures_unreported, 0
+        self._last_report = now
         more = f" ({failures} failures since the last report)" if failures > 1 else ""
         report = RuntimeError(
             f"SegOps: before_send {what}; the event was sent as tracked{more}. "

@@ -97,48 +97,13 @@ class _Instruments:
     def __init__(self, meter: Meter) -> None:
         #: Each instrumented client by name, held weakly: a collected one stops reporting.
         self.clients: dict[str, weakref.ref[SegOpsClient]] = {}
-        meter.create_observable_counter(
-            "segops.client.event.processed",
-            [self._observe(_processed)],
-            unit="{event}",
-            description="Events whose fate is settled: acknowledged, or given up (error.type).",
-        )
-        meter.create_observable_counter(
-            "segops.client.event.filtered",
-            [self._observe(lambda stats, capacity: [(stats.filtered, {})])],
-            unit="{event}",
-            description="Events the before_send hook dropped.",
-        )
-        meter.create_observable_up_down_counter(
-            "segops.client.queue.size",
-            [self._observe(lambda stats, capacity: [(stats.queued, {})])],
-            unit="{event}",
-            description="Events held: waiting to be sent, or in requests not yet answered.",
-        )
-        meter.create_observable_up_down_counter(
-            "segops.client.queue.capacity",
-            [self._observe(lambda stats, capacity: [(capacity, {})])],
-            unit="{event}",
-            description="The most events the client holds (max_queue_size).",
-        )
-        meter.create_observable_counter(
-            "segops.client.request.sent",
-            [self._observe(lambda stats, capacity: [(stats.batches, {})])],
-            unit="{request}",
-            description="Requests the server acknowledged.",
-        )
-        meter.create_observable_counter(
-            "segops.client.request.retried",
-            [self._observe(lambda stats, capacity: [(stats.retried, {})])],
-            unit="{request}",
-            description="Requests sent again after a retryable failure.",
-        )
-        meter.create_observable_counter(
-            "segops.client.request.body.sent",
-            [self._observe(lambda stats, capacity: [(stats.bytes_sent, {})])],
-            unit="By",
-            description="Request body bytes the server acknowledged.",
-        )
+        for name, up_down, unit, description, read in _METRICS:
+            create = (
+                meter.create_observable_up_down_counter
+                if up_down
+                else meter.create_observable_counter
+            )
+            create(name, [self._observe(read)], unit=unit, description=description)
 
     def _observe(self, read: _Reading) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
@@ -169,3 +134,28 @@ def _processed(stats: Stats, capacity: int) -> list[tuple[int, dict[str, str]]]:
     settled: list[tuple[int, dict[str, str]]] = [(stats.sent, {})]
     settled += [(count, {ERROR_TYPE: why}) for why, count in stats.given_up_by_reason.items()]
     return settled
+
+
+#: Every metric: (name, whether it goes down too, unit, description, what it reads).
+_METRICS: tuple[tuple[str, bool, str, str, _Reading], ...] = (
+    ("segops.client.event.processed", False, "{event}",
+     "Events whose fate is settled: acknowledged, or given up (error.type).", _processed),
+    ("segops.client.event.filtered", False, "{event}",
+     "Events the before_send hook dropped.",
+     lambda stats, capacity: [(stats.filtered, {})]),
+    ("segops.client.queue.size", True, "{event}",
+     "Events held: waiting to be sent, or in requests not yet answered.",
+     lambda stats, capacity: [(stats.queued, {})]),
+    ("segops.client.queue.capacity", True, "{event}",
+     "The most events the client holds (max_queue_size).",
+     lambda stats, capacity: [(capacity, {})]),
+    ("segops.client.request.sent", False, "{request}",
+     "Requests the server acknowledged.",
+     lambda stats, capacity: [(stats.batches, {})]),
+    ("segops.client.request.retried", False, "{request}",
+     "Requests sent again after a retryable failure.",
+     lambda stats, capacity: [(stats.retried, {})]),
+    ("segops.client.request.body.sent", False, "By",
+     "Request body bytes the server acknowledged.",
+     lambda stats, capacity: [(stats.bytes_sent, {})]),
+)  # fmt: skip

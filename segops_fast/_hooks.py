@@ -84,8 +84,8 @@ class HookRunner:
         try:
             kept = self._hook(event)
         except Exception as error:
-            self._failed(f"raised {type(error).__name__}", error)
-            return encode_event(user_id, event_type, occurred_at, payload, self._max_event_bytes)
+            tracked = (user_id, event_type, occurred_at, payload)
+            return self._as_tracked(tracked, f"raised {type(error).__name__}", error)
         if kept is None:
             return None
         if type(kept) is dict and len(kept) == 3:
@@ -111,8 +111,23 @@ class HookRunner:
             _check_keys(kept)
             return encode_event(*event_fields(kept), self._max_event_bytes)
         except InvalidEventError as error:
-            self._failed(f"returned an event that cannot be sent ({error})", error)
-            return encode_event(user_id, event_type, occurred_at, payload, self._max_event_bytes)
+            tracked = (user_id, event_type, occurred_at, payload)
+            return self._as_tracked(
+                tracked, f"returned an event that cannot be sent ({error})", error
+            )
+
+    def _as_tracked(
+        self, tracked: tuple[object, object, object, object], what: str, error: BaseException
+    ) -> Record:
+        """The hook failed: the record of the event as tracked, and the failure reported.
+
+        Encoded first: when the caller's own event cannot be sent either (a payload orjson
+        cannot serialize, say), :class:`InvalidEventError` says so and the hook, which
+        failed on that event, is not blamed.
+        """
+        record = encode_event(*tracked, self._max_event_bytes)
+        self._failed(what, error)
+        return record
 
     def _failed(self, what: str, error: BaseException) -> None:
         """Tell ``on_error``, at most once a second, naming what went wrong but no value of

@@ -175,6 +175,22 @@ def test_a_bad_call_raises_before_the_hook_runs_even_when_it_would_drop(
     assert client.stats().filtered == 0
 
 
+@pytest.mark.parametrize(
+    "hook",
+    [lambda event: event, lambda event: event["payload"]["missing"]],
+    ids=["returns-it", "raises-on-it"],
+)
+def test_an_event_that_cannot_be_sent_raises_and_the_hook_is_not_blamed(
+    make_client: MakeClient, hook: Any
+) -> None:
+    errors: list[BaseException] = []
+    client = make_client(before_send=hook, on_error=errors.append)
+    with pytest.raises(segops.InvalidEventError, match="cannot be serialized"):
+        client.track(user_id="u", event_type="e", payload={"x": {1, 2}})
+    assert errors == []
+    assert client.stats().enqueued == 0
+
+
 def test_a_hook_that_is_not_callable_is_refused_at_construction(
     server: LocalIngestServer,
 ) -> None:

@@ -697,7 +697,7 @@ class Flusher:
         """Count given-up events at once, under the lock, so that the counters add up at
         every moment; the user's callbacks run later, outside it. Lock held."""
         for part in given_up:
-            self._counters.given_up(len(part.events), failed=part.failed)
+            self._counters.given_up(len(part.events), failed=part.failed, reason=part.reason)
             for request in self._open_requests:
                 request.note_undelivered(part.first, len(part.events), part.error, part.reason)
 

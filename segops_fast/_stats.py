@@ -35,6 +35,11 @@ class Stats:
     bytes_sent: int
     #: Events waiting in the buffer or in a request not yet answered.
     queued: int
+    #: Events the ``before_send`` hook dropped; not counted in ``enqueued``.
+    filtered: int
+    #: ``dropped`` and ``failed`` split by the reason ``on_drop`` is given (``queue_full``,
+    #: ``closed``, ``shutdown_deadline``, ``failed``, ``retries_exhausted``); a copy.
+    given_up_by_reason: dict[str, int]
 
 
 class DeliveryCounters:
@@ -53,6 +58,8 @@ class DeliveryCounters:
         self.outside_buffer = 0
         #: Events taken from the buffer whose fate is not known yet.
         self.in_flight = 0
+        self.filtered = 0
+        self.given_up_by_reason: dict[str, int] = {}
 
     def taken(self, events: int) -> None:
         with self._lock:
@@ -70,7 +77,7 @@ class DeliveryCounters:
             self.batches += 1
             self.bytes_sent += body_bytes
 
-    def given_up(self, events: int, *, failed: bool) -> None:
+    def given_up(self, events: int, *, failed: bool, reason: str) -> None:
         """Taken events will not be delivered: ``failed`` (refused, or no request could be
         made) or dropped (a shutdown deadline)."""
         with self._lock:
@@ -79,8 +86,9 @@ class DeliveryCounters:
                 self.failed += events
             else:
                 self.dropped += events
+            self._count_reason(reason, events)
 
-    def refused_at_track(self, events: int, *, failed: bool = False) -> None:
+    def refused_at_track(self, events: int, reason: str, *, failed: bool = False) -> None:
         """Events refused by ``track()``: dropped (queue full, client closed), or
         ``failed`` when the client can no longer send (its sending thread stopped)."""
         with self._lock:
@@ -89,6 +97,15 @@ class DeliveryCounters:
                 self.failed += events
             else:
                 self.dropped += events
+            self._count_reason(reason, events)
+
+    def _count_reason(self, reason: str, events: int) -> None:
+        """Under the lock."""
+        self.given_up_by_reason[reason] = self.given_up_by_reason.get(reason, 0) + events
+
+    def filtered_at_track(self, events: int) -> None:
+        with self._lock:
+            self.filtered += events
 
     def retry(self) -> None:
         with self._lock:
@@ -105,4 +122,6 @@ class DeliveryCounters:
                 batches=self.batches,
                 bytes_sent=self.bytes_sent,
                 queued=waiting_in_buffer + self.in_flight,
+                filtered=self.filtered,
+                given_up_by_reason=dict(self.given_up_by_reason),
             )

@@ -17,6 +17,7 @@ import segops_fast  # noqa: E402
 
 project = "segops_fast"
 author = "segops_fast contributors"
+project_copyright = author
 release = segops_fast.__version__
 version = release
 
@@ -46,8 +47,13 @@ nitpick_ignore_regex = [
 ]
 
 autodoc_member_order = "bysource"
+# Types go into the parameter lists the docstrings write; the options are explained once, in
+# configuration.md, so the constructor's own list would be bare names.
 autodoc_typehints = "description"
-autodoc_preserve_defaults = True
+autodoc_typehints_description_target = "documented"
+
+# Commands and flags are shown as typed: no curly quotes, no en dash for "--".
+smartquotes = False
 
 html_theme = "furo"
 html_title = f"segops_fast {release}"

@@ -15,6 +15,9 @@ documentation site later) says what its examples and figures are:
   paragraph cites those figures from that file: each must appear both in the file and in
   the paragraph (where "us" may be written "µs").
 
+The documentation is the README and every page of the site in ``docs/``
+(:func:`documentation_files`); the tests read all of them the same way.
+
 It owns nothing about running examples or comparing figures: the tests do that.
 """
 
@@ -33,6 +36,23 @@ _QUOTED = re.compile(r'"([^"]+)"')
 _ANY_COMMENT = re.compile(r"<!--.*?-->")
 _CODE_SPAN = re.compile(r"`+[^`]*`+")
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+README = REPOSITORY / "README.md"
+DOCS = REPOSITORY / "docs"
+# Sphinx's output, when the site has been built in the clone.
+_BUILD = DOCS / "_build"
+
+
+def documentation_files() -> list[Path]:
+    """The README and every Markdown page of the documentation site, in a stable order."""
+    pages = sorted(path for path in DOCS.rglob("*.md") if _BUILD not in path.parents)
+    return [README, *pages]
+
+
+def shown_name(path: Path) -> str:
+    """A file's path from the repository's root, as test ids and messages show it."""
+    return str(path.relative_to(REPOSITORY)) if path.is_relative_to(REPOSITORY) else path.name
+
 
 @dataclass(frozen=True)
 class CodeBlock:
@@ -50,7 +70,7 @@ class CodeBlock:
 
     @property
     def name(self) -> str:
-        return f"{self.path.name}:{self.line}"
+        return f"{shown_name(self.path)}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -69,7 +89,7 @@ class Citation:
 
     @property
     def name(self) -> str:
-        return f"{self.path.name}:{self.line}"
+        return f"{shown_name(self.path)}:{self.line}"
 
 
 def code_blocks(path: Path) -> list[CodeBlock]:

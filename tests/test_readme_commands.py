@@ -1,9 +1,10 @@
-"""The README's shell commands: ``segops-fast`` flags that exist, and curl lines that work.
+"""The shell commands of the README and the docs: flags that exist, and curl lines that work.
 
 Every ``segops-fast COMMAND --flag`` in a ```bash block must name a flag that
-``segops-fast COMMAND --help`` lists, as must every row of the ``send`` options table.
-The curl lines that read and reset the local server's counts are run as pasted, against
-``segops-fast serve`` on a free port instead of 8008.
+``segops-fast COMMAND --help`` lists, as must every row of the ``send`` options table
+(``docs/backfills/cli.md``). The curl lines that read and reset the local server's
+counts (``docs/testing.md``) are run as pasted, against ``segops-fast serve`` on a free
+port instead of 8008. The README's two set-up commands are the ones ``.ci/run`` runs.
 """
 
 from __future__ import annotations
@@ -15,24 +16,35 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import segops_fast as segops
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
 
-from .markdown_examples import code_blocks
+from .markdown_examples import (
+    DOCS,
+    README,
+    REPOSITORY,
+    CodeBlock,
+    code_blocks,
+    documentation_files,
+)
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BASH_BLOCKS = [block for block in code_blocks(README) if block.language == "bash"]
+BASH_BLOCKS = [
+    block
+    for path in documentation_files()
+    for block in code_blocks(path)
+    if block.language == "bash"
+]
+SEND_PAGE = DOCS / "backfills" / "cli.md"
 README_PORT = "127.0.0.1:8008"
 
 
-def shell_lines() -> list[str]:
+def shell_lines(blocks: list[CodeBlock] = BASH_BLOCKS) -> list[str]:
     """Each command of the bash blocks, continuation lines joined, comments left out."""
     commands = []
-    for block in BASH_BLOCKS:
+    for block in blocks:
         for line in block.code.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True, posix=True) if line.strip() else []
             if words:
@@ -48,8 +60,8 @@ def segops_fast_flags() -> list[tuple[str, str]]:
         words = shlex.split(command)
         if words[0] == "segops-fast":
             found.update((words[1], word.split("=")[0]) for word in words if word.startswith("--"))
-    backfills = README.read_text("utf-8").split("## Backfills", 1)[1].split("\n## ", 1)[0]
-    for row in re.findall(r"^\| (`--.*?) \|", backfills, flags=re.MULTILINE):
+    options = SEND_PAGE.read_text("utf-8").split("## Options", 1)[1].split("\n## ", 1)[0]
+    for row in re.findall(r"^\| (`--.*?) \|", options, flags=re.MULTILINE):
         found.update(("send", flag) for flag in re.findall(r"`(--[\w-]+)", row))
     return sorted(found)
 
@@ -68,7 +80,7 @@ def command_help(command: str) -> str:
 FLAGS = segops_fast_flags()
 
 
-def test_the_readme_gives_segops_fast_flags() -> None:
+def test_the_docs_give_segops_fast_flags() -> None:
     commands = {command for command, _ in FLAGS}
     assert {"serve", "send"} <= commands, commands
 
@@ -78,7 +90,7 @@ def test_the_readme_gives_segops_fast_flags() -> None:
 )
 def test_each_flag_in_the_readme_exists(command: str, flag: str) -> None:
     assert re.search(rf"{re.escape(flag)}\b", command_help(command)), (
-        f"the README gives segops-fast {command} {flag}, which its --help does not list"
+        f"the docs give segops-fast {command} {flag}, which its --help does not list"
     )
 
 
@@ -106,3 +118,14 @@ def test_the_curl_lines_read_and_reset_the_counts(serve: IngestServerProcess) ->
     assert run(by_event_type)["page_viewed"]["unique_events"] == 1  # type: ignore[index]
     run(reset)
     assert run(summary)["events"] == 0  # type: ignore[index]
+
+
+def test_the_readme_gives_the_set_up_commands_that_ci_runs() -> None:
+    readme = [block for block in BASH_BLOCKS if block.path == README]
+    ci = (REPOSITORY / ".ci" / "run").read_text("utf-8")
+    install, test = 'python -m pip install -e ".[dev]"', "python -m pytest -p no:cacheprovider"
+    commands = shell_lines(readme)
+    assert shlex.join(shlex.split(install)) in commands, commands
+    assert test in commands, commands
+    assert '-m pip install --quiet -e ".[dev]"' in ci
+    assert "-m pytest -p no:cacheprovider" in ci

@@ -1,4 +1,4 @@
-"""Every Python example in the README runs as pasted, against a real local ingest server.
+"""Every Python example in the README and the docs runs as pasted, against a real local server.
 
 Each ```python block is written to a file and run in a fresh interpreter, with the
 environment a newcomer sets after starting ``segops-fast serve`` (``SEGOPS_API_URL`` and
@@ -25,10 +25,14 @@ import urllib3
 
 from segops_fast.testing import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, LocalIngestServer, PublicKey
 
-from .markdown_examples import CodeBlock, code_blocks
+from .markdown_examples import README, CodeBlock, code_blocks, documentation_files
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-PYTHON_BLOCKS = [block for block in code_blocks(README) if block.language == "python"]
+PYTHON_BLOCKS = [
+    block
+    for path in documentation_files()
+    for block in code_blocks(path)
+    if block.language == "python"
+]
 HMAC_SECRET = "5e" * 32
 # The ASGI recipe's first line says how it is served, and the test serves it that way.
 ASGI_RECIPE_FIRST_LINE = "# app.py, served by: uvicorn app:app"
@@ -56,9 +60,10 @@ def newcomer_environment(server: LocalIngestServer) -> dict[str, str]:
     return environment
 
 
-def test_the_readme_has_python_examples() -> None:
+def test_the_readme_and_the_docs_have_python_examples() -> None:
     runnable = [block for block in PYTHON_BLOCKS if block.not_run is None]
-    assert len(runnable) >= 5, [block.name for block in PYTHON_BLOCKS]
+    assert len(runnable) >= 8, [block.name for block in PYTHON_BLOCKS]
+    assert any(block.path == README for block in runnable), "the README's quickstart must run"
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda block: block.name)

@@ -1,11 +1,13 @@
-"""The README's measured figures and the versions it names agree with their sources.
+"""The measured figures of the README and the docs, and the versions they name, agree with
+their sources.
 
-A figure is measured once, by a script under ``bench/`` that writes ``bench/results/``;
-the README cites it with a ``<!-- from bench/results/FILE -->`` comment (see
-``tests/markdown_examples.py``), and this test fails as soon as the two differ: after a
-benchmark is run again, or when the README is edited by hand. The versions of the peers
-that ``bench/`` compares against are pinned in ``pyproject.toml``; wherever the README
-names one of them with a version, it must be the pinned one.
+A figure is measured once, by a script under ``bench/`` that writes ``bench/results/``.
+The docs' benchmark pages include those files; prose that quotes a figure cites it with a
+``<!-- from bench/results/FILE -->`` comment (see ``tests/markdown_examples.py``), and this
+test fails as soon as the two differ: after a benchmark is run again, or when a page is
+edited by hand. The versions of the peers that ``bench/`` compares against are pinned in
+``pyproject.toml``; wherever the README or a page names one of them with a version, it
+must be the pinned one.
 """
 
 from __future__ import annotations
@@ -15,18 +17,24 @@ from pathlib import Path
 
 import pytest
 
-from .markdown_examples import Citation, citations, prose_lines
+from .markdown_examples import (
+    REPOSITORY,
+    Citation,
+    citations,
+    documentation_files,
+    prose_lines,
+    shown_name,
+)
 
-REPOSITORY = Path(__file__).resolve().parent.parent
-README = REPOSITORY / "README.md"
-CITATIONS = citations(README)
+FILES = documentation_files()
+CITATIONS = [citation for path in FILES for citation in citations(path)]
 PYPROJECT = (REPOSITORY / "pyproject.toml").read_text(encoding="utf-8")
 PINNED = sorted(set(re.findall(r'"([A-Za-z][\w.-]*)==([\d.]+)"', PYPROJECT)))
 # A list item, a heading, a fence or a table: a line that begins a block of its own.
 STARTS_A_BLOCK = re.compile(r"\s*([-*] |\d+\. |#|```|\|)")
 
 
-def test_the_readme_cites_its_figures() -> None:
+def test_the_docs_cite_their_figures() -> None:
     sources = {citation.source for citation in CITATIONS}
     assert len(sources) >= 5, sources
 
@@ -50,10 +58,16 @@ def test_cited_figures_are_in_their_results_file(citation: Citation) -> None:
 
 
 @pytest.mark.parametrize(("package", "version"), PINNED, ids=[name for name, _ in PINNED])
-def test_the_readme_names_the_pinned_version(package: str, version: str) -> None:
-    named = re.findall(rf"\b{re.escape(package)}`?,? (\d+(?:\.\d+)+)", README.read_text("utf-8"))
-    assert named, f"the README never names {package} with its version"
-    assert set(named) == {version}, f"the README names {package} {set(named)}, pinned {version}"
+def test_the_docs_name_the_pinned_version(package: str, version: str) -> None:
+    mention = re.compile(rf"\b{re.escape(package)}`?,? (\d+(?:\.\d+)+)")
+    named = {
+        (shown_name(path), found)
+        for path in FILES
+        for found in mention.findall(path.read_text("utf-8"))
+    }
+    assert named, f"neither the README nor the docs name {package} with its version"
+    wrong = sorted(where for where, found in named if found != version)
+    assert not wrong, f"{package} is pinned at {version}, but named otherwise in {wrong}"
 
 
 def _bare(text: str) -> str:
@@ -66,7 +80,12 @@ def test_check_comments_never_split_the_prose() -> None:
     ends the paragraph before it, and text after it on that line shows as raw HTML. So a
     comment stands on a line of its own (or inside a table row), and not between two
     lines of one paragraph."""
-    lines = README.read_text("utf-8").splitlines()
+    misplaced = [place for path in FILES for place in _misplaced_comments(path)]
+    assert not misplaced, misplaced
+
+
+def _misplaced_comments(path: Path) -> list[str]:
+    lines = path.read_text("utf-8").splitlines()
     misplaced = []
     for index, line in prose_lines(lines):
         if "<!--" not in line or line.lstrip().startswith("|"):
@@ -76,5 +95,5 @@ def test_check_comments_never_split_the_prose() -> None:
         alone = re.fullmatch(r"\s*(<!--.*?-->)+\s*", line) is not None
         inside_a_paragraph = bool(before.strip()) and bool(after.strip())
         if not alone or (inside_a_paragraph and not STARTS_A_BLOCK.match(after)):
-            misplaced.append(f"README.md:{index + 1}")
-    assert not misplaced, misplaced
+            misplaced.append(f"{shown_name(path)}:{index + 1}")
+    return misplaced

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._version import __version__
 from . import _demo, _send, _serve
 
 
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="segops-fast", description="The segops_fast ingestion client's tools."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve.add_parser(commands)
     _demo.add_parser(commands)

@@ -238,7 +238,7 @@ def run(arguments: argparse.Namespace) -> int:
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     if job.interrupted:
         return EXIT_INTERRUPTED
-    if stopped_early:
+    if stopped_early and not any(p.kind == "error" for p in job.problems):
         _say("error", "stopped before the end of the input: run the same command again to resume")
     return 1 if whole.failed or whole.invalid or stopped_early else 0
 

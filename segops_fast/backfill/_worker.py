@@ -109,8 +109,9 @@ def send_ranges(
 
 def short_error(error: BaseException) -> str:
     """The error kept with each failed event: its first :data:`MAX_ERROR_CHARS`
-    characters, on one line."""
+    characters, on one line, without the library's prefix."""
     text = " ".join(str(error).split())
+    text = text[len("SegOps: ") :] if text.startswith("SegOps: ") else text
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 

@@ -99,3 +99,23 @@ def test_an_interrupted_backfill_resumed_writes_each_dead_letter_once(
     assert_exactly_once(server, GOOD)
     letters = [orjson.loads(line) for line in dead_letters.read_bytes().splitlines()]
     assert [letter["dead_letter"]["line"] for letter in letters] == bad_lines
+
+
+def test_events_without_occurred_at_are_sent_as_read_and_keep_their_keys(
+    server: LocalIngestServer, tmp_path: Path
+) -> None:
+    """The server stamps them: the client adds no time, so the same input gives the same
+    bytes, and the same Idempotency-Keys, on every run."""
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(
+        b"".join(
+            orjson.dumps({"user_id": "u", "event_type": "e", "payload": {"i": i}}) + b"\n"
+            for i in range(20_000)
+        )
+    )
+    for _ in range(2):
+        assert run_send(server, source, "--batch-bytes", "65536", "--processes", "2")[0] == 0
+    assert all("occurred_at" not in event for event in server.events)
+    summary = server.summary()
+    assert summary["repeated_key_events"] == 20_000
+    assert summary["unique_events"] == summary["events"] == 20_000

@@ -33,7 +33,6 @@ from .test_backfill import (
     event_line,
     kill_send_with_progress_saved,
     run_send,
-    send_command,
     write_events,
 )
 
@@ -86,7 +85,8 @@ def test_repr_of_the_backfill_settings_masks_the_key_and_the_proxy_password() ->
     job = JobSettings(["-"], send, 1, 32768, None, None)
     for shown in (repr(send), repr(job), str(job)):
         assert SECRET not in shown
-        assert password not in shown and "pa/ss" not in shown
+        assert password not in shown
+        assert "pa/ss" not in shown
         assert "sk_...CRET" in shown
         assert "me:***@proxy:3128" in shown
 
@@ -189,7 +189,8 @@ def test_a_dead_letter_keeps_a_short_reason_not_the_servers_error_page(
     summary = orjson.loads(stdout)
     assert summary["failed"] == 100
     ((cause, count),) = [(error["cause"], error["events"]) for error in summary["errors"]]
-    assert count == 100 and len(cause) <= 200
+    assert count == 100
+    assert len(cause) <= 200
 
 
 # -- files written for the user ------------------------------------------------------------------
@@ -256,7 +257,8 @@ def _corruptions(size: int) -> list[tuple[str, Any]]:
         ("is settled up to", lambda c: c["ranges"][0].update(done=c["ranges"][0]["end"] + 1)),
         ("is finished before its end", lambda c: c["ranges"][1].update(
             finished=True, done=c["ranges"][1]["start"])),
-        ("overlap or leave gaps", lambda c: c["ranges"][1].update(start=c["ranges"][1]["start"] - 10)),
+        ("overlap or leave gaps", lambda c: c["ranges"][1].update(
+            start=c["ranges"][1]["start"] - 10)),
         ("has no ranges", lambda c: c.update(ranges=[])),
         (f"has {size} bytes now", lambda c: c["ranges"][-1].update(end=size + 100)),
         ("dead_letters must hold", lambda c: c.update(dead_letters={"inode": 1})),
@@ -289,7 +291,8 @@ def test_a_corrupt_checkpoint_is_refused_saying_what_is_wrong(
         ["send", str(events), "--api-url", server.url, "--checkpoint", str(checkpoint)],
         {"SEGOPS_API_KEY": DEFAULT_SECRET_KEY},
     )
-    assert status == 2 and "is not a checkpoint" in stderr
+    assert status == 2
+    assert "is not a checkpoint" in stderr
     assert server.request_count == 0
 
 
@@ -297,7 +300,7 @@ def test_a_corrupt_checkpoint_is_refused_saying_what_is_wrong(
 def test_a_checkpoint_planted_by_another_user_is_refused(
     server: LocalIngestServer, tmp_path: Path
 ) -> None:
-    events, checkpoint, saved = _checkpoint_after_a_run(server, tmp_path)
+    events, checkpoint, _saved = _checkpoint_after_a_run(server, tmp_path)
     server.reset()
     # Planted: everything finished, so that a run would skip its whole input.
     os.chown(checkpoint, 12345, 12345)
@@ -372,7 +375,8 @@ def test_a_dead_letter_file_shorter_than_recorded_is_refused(
         {"SEGOPS_API_KEY": DEFAULT_SECRET_KEY},
     )  # fmt: skip
     assert status == 2
-    assert "fewer than the" in stderr and "give another --dead-letter" in stderr
+    assert "fewer than the" in stderr
+    assert "give another --dead-letter" in stderr
 
 
 # -- hostile events -------------------------------------------------------------------------------

@@ -176,6 +176,24 @@ OnSettled = Callable[[Settled], None]
 OnWaiting = Callable[[str], None]
 
 
+class _Pacer:
+    """Turns under a rate, for the sender threads of one stream: each batch takes the next
+    slot, so that events (not batches) are spread evenly, whichever sender sends them. A
+    stall banks no slots for a burst later."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._lock = threading.Lock()
+        self._next_at = time.monotonic()
+
+    def wait_turn(self, events: int, stopped: threading.Event) -> bool:
+        """Wait until ``events`` may go; True if ``stopped`` was set meanwhile."""
+        with self._lock:
+            send_at = max(self._next_at, time.monotonic())
+            self._next_at = send_at + events / self._rate
+        return stopped.wait(max(0.0, send_at - time.monotonic()))
+
+
 class _PendingBatch:
     __slots__ = ("batch", "end", "sequence")
 
@@ -245,8 +263,7 @@ class StreamSender:
         self._batch_end = start
         self._batch_size = _BODY_ENVELOPE_BYTES
         self._sequence = 0
-        self._pace_lock = threading.Lock()
-        self._next_send_at = time.monotonic()
+        self._pacer = None if settings.rate is None else _Pacer(settings.rate)
         self._senders = [
             threading.Thread(target=self._run_sender, name=f"segops-fast-backfill-{number}")
             for number in range(settings.concurrency)
@@ -377,24 +394,13 @@ class StreamSender:
                 self.stop_cause = cause
         self.stop()
 
-    def _pace(self, events: int) -> bool:
-        """Wait for this batch's turn under the rate: each batch takes the next slot, so the
-        events (not the batches) are spread evenly, whichever sender sends them. A stall
-        does not bank slots for a burst later. True if stopped meanwhile."""
-        if self._settings.rate is None:
-            return False
-        with self._pace_lock:
-            send_at = max(self._next_send_at, time.monotonic())
-            self._next_send_at = send_at + events / self._settings.rate
-        return self._stopped.wait(max(0.0, send_at - time.monotonic()))
-
     def _send(self, pending: _PendingBatch) -> None:
         # Normally one batch; else the halves of one the server found too large, each
         # waiting for its retry or for the API to be reachable again.
         batches = [pending.batch]
         failed = 0
         waits = 0
-        if self._pace(len(pending.batch)):
+        if self._pacer is not None and self._pacer.wait_turn(len(pending.batch), self._stopped):
             return
         while batches:
             if self._stopped.wait(max(0.0, batches[0].retry_at - time.monotonic())):

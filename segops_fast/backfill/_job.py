@@ -15,20 +15,18 @@ through :meth:`Job.request_stop`.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._checkpoint import COUNTS, Checkpoint, RangeProgress
 from ._dead_letters import DeadLetters
 from ._engine import SendSettings
-from ._input import InputRange, input_identity, is_stream, plan_ranges
-from ._worker import Message, run_in_worker_process, send_ranges
+from ._input import input_identity, is_stream, plan_ranges
+from ._processes import run_in_processes
+from ._worker import Message, send_ranges
 
 if TYPE_CHECKING:
     from ._dask_ranges import DaskRunner
@@ -217,8 +215,16 @@ class Job:
                     report=self._apply_locked,
                     should_stop=self._should_stop,
                 )
-            else:
-                self._run_workers(to_do)
+            elif not run_in_processes(
+                to_do,
+                settings=self.settings.send,
+                processes=self.settings.processes,
+                max_event_bytes=self.settings.max_event_bytes,
+                apply=self._apply,
+                should_stop=self._should_stop,
+            ):
+                # A worker that died without saying so (killed): nothing more came from it.
+                self._problem(Problem("error", "a worker process ended unexpectedly"))
         finally:
             self._save(force=True)
             self._dead_letters.close()
@@ -227,54 +233,6 @@ class Job:
             if self._dask is not None:
                 self._dask.close()
         return self.totals
-
-    # -- worker processes ----------------------------------------------------------------------
-
-    def _run_workers(self, to_do: list[tuple[int, InputRange, int]]) -> None:
-        context = multiprocessing.get_context("spawn")
-        messages: Any = context.Queue()
-        stop = context.Event()
-        share = max(1, min(self.settings.processes, len(to_do)))
-        # The rate is for all of them together.
-        per_process_rate = (
-            None if self.settings.send.rate is None else (self.settings.send.rate / share)
-        )
-        send = dataclasses.replace(self.settings.send, rate=per_process_rate)
-        workers = [
-            context.Process(
-                target=run_in_worker_process,
-                args=(to_do[n::share],),
-                kwargs={
-                    "settings": send,
-                    "max_event_bytes": self.settings.max_event_bytes,
-                    "messages": messages,
-                    "stop": stop,
-                    "parent_pid": os.getpid(),
-                },
-                name=f"segops-fast-send-{n}",
-            )
-            for n in range(share)
-        ]
-        for worker in workers:
-            worker.start()
-        running = len(workers)
-        while running:
-            if self._should_stop() and not stop.is_set():
-                stop.set()
-            try:
-                message = messages.get(timeout=0.2)
-            except queue.Empty:
-                if not any(worker.is_alive() for worker in workers):
-                    # A worker that died without saying so (killed): nothing more will come.
-                    self._problem(Problem("error", "a worker process ended unexpectedly"))
-                    break
-                continue
-            if message[0] == "exit":
-                running -= 1
-            else:
-                self._apply(message)
-        for worker in workers:
-            worker.join()
 
     # -- applying what workers report ------------------------------------------------------
 

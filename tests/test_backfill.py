@@ -16,7 +16,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,25 @@ def kill_send_with_progress_saved(
             running.wait()
     assert running.stdout is not None
     running.stdout.close()
+
+
+def interrupt_send(
+    server: LocalIngestServer, ready: Callable[[], bool], *arguments: str | Path
+) -> dict[str, Any]:
+    """Run ``segops-fast send`` with ``arguments`` until ``ready()``, then press Ctrl-C (a
+    SIGINT); its summary, once it has exited 130."""
+    running = subprocess.Popen(send_command(server, *arguments), stdout=subprocess.PIPE)
+    try:
+        wait_until(ready, timeout=60)
+        running.send_signal(signal.SIGINT)
+        stdout, _ = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert running.returncode == 130
+    summary: dict[str, Any] = orjson.loads(stdout)
+    return summary
 
 
 def assert_exactly_once(server: LocalIngestServer, count: int) -> None:
@@ -220,19 +239,9 @@ def test_ctrl_c_exits_130_with_a_checkpoint_and_the_rest_follows_on_resume(
     events = write_events(tmp_path / "events.jsonl", 100_000)
     checkpoint = tmp_path / "checkpoint.json"
     arguments = (events, "--checkpoint", checkpoint, "--batch-bytes", "65536")
-    running = subprocess.Popen(
-        send_command(server, *arguments, "--rate", "20000"), stdout=subprocess.PIPE
+    summary = interrupt_send(
+        server, lambda: server.event_count >= 20_000, *arguments, "--rate", "20000"
     )
-    try:
-        wait_until(lambda: server.event_count >= 20_000, timeout=60)
-        running.send_signal(signal.SIGINT)
-        stdout, _ = running.communicate(timeout=30)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-    assert running.returncode == 130
-    summary = orjson.loads(stdout)
     assert summary["interrupted"] is True
     assert 0 < summary["sent"] < 100_000
     # Everything acknowledged before the interrupt is in the checkpoint: the server holds

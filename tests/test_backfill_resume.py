@@ -4,8 +4,6 @@ run's summary and exit status cover the whole job."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -14,13 +12,12 @@ import pytest
 from segops_fast.backfill._engine import MIN_BATCH_BYTES
 from segops_fast.testing import LocalIngestServer
 
-from .conftest import wait_until
 from .test_backfill import (
     assert_exactly_once,
     event_line,
+    interrupt_send,
     kill_send_with_progress_saved,
     run_send,
-    send_command,
     settled_bytes,
 )
 
@@ -46,25 +43,6 @@ def write_mixed(path: Path) -> list[int]:
     return bad_lines
 
 
-def interrupt_with_ctrl_c(
-    server: LocalIngestServer, checkpoint: Path, stored: int, *arguments: str | Path
-) -> dict[str, object]:
-    running = subprocess.Popen(send_command(server, *arguments), stdout=subprocess.PIPE)
-    try:
-        wait_until(
-            lambda: server.event_count >= stored and settled_bytes(checkpoint) > 0, timeout=60
-        )
-        running.send_signal(signal.SIGINT)
-        stdout, _ = running.communicate(timeout=60)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-    assert running.returncode == 130
-    summary: dict[str, object] = orjson.loads(stdout)
-    return summary
-
-
 @pytest.mark.parametrize("stop", ["ctrl-c", "kill-9"])
 @pytest.mark.parametrize("paced", [True, False], ids=["rate", "no-rate"])
 def test_an_interrupted_backfill_resumed_writes_each_dead_letter_once(
@@ -84,7 +62,11 @@ def test_an_interrupted_backfill_resumed_writes_each_dead_letter_once(
         server.faults.latency = 0.02
         first_run = arguments = (*arguments, "--batch-bytes", str(MIN_BATCH_BYTES))
     if stop == "ctrl-c":
-        interrupt_with_ctrl_c(server, checkpoint, 60_000, *first_run)
+        interrupt_send(
+            server,
+            lambda: server.event_count >= 60_000 and settled_bytes(checkpoint) > 0,
+            *first_run,
+        )
     else:
         kill_send_with_progress_saved(server, checkpoint, 60_000, *first_run)
     assert server.event_count < GOOD

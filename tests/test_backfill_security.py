@@ -219,6 +219,26 @@ def test_checkpoint_and_dead_letter_files_are_private_and_no_planted_symlink_is_
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("option", ["--checkpoint", "--dead-letter"])
+def test_a_symlink_planted_at_a_file_written_for_the_user_is_not_followed(
+    server: LocalIngestServer, tmp_path: Path, option: str
+) -> None:
+    events = write_events(tmp_path / "events.jsonl", 10)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    planted = tmp_path / "planted"
+    planted.symlink_to(victim)
+    status, _, stderr = run_cli(
+        ["send", str(events), "--api-url", server.url, option, str(planted)],
+        {"SEGOPS_API_KEY": DEFAULT_SECRET_KEY},
+    )
+    assert status == 2
+    assert f"{planted} is a symbolic link, which is not followed" in stderr
+    assert f"give the file's own path with {option}" in stderr
+    assert victim.read_bytes() == b"precious"
+    assert server.request_count == 0
+
+
 def test_a_second_run_on_a_checkpoint_in_use_is_refused(
     server: LocalIngestServer, tmp_path: Path
 ) -> None:

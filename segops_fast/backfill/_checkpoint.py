@@ -33,8 +33,9 @@ COUNTS = ("sent", "failed", "invalid")
 
 
 class CheckpointError(ValueError):
-    """The checkpoint cannot be used: another run holds it, it was written for other input
-    or settings, or it is not one this user's runs wrote."""
+    """The checkpoint (or the dead-letter file beside it) cannot be used: another run holds
+    it, it was written for other input or settings, it is not one this user's runs wrote,
+    or it is a symbolic link."""
 
 
 @dataclass
@@ -162,8 +163,7 @@ def _lock(path: str) -> int:
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as error:
         raise CheckpointError(
-            f"cannot lock the checkpoint: {lock_path}: {error.strerror}"
-            + (" (a symlink: remove it)" if os.path.islink(lock_path) else "")
+            f"cannot lock the checkpoint: {unopenable(lock_path, error, '--checkpoint')}"
         ) from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,12 +178,15 @@ def _lock(path: str) -> int:
 
 def _read(path: str) -> dict[str, Any] | None:
     """The checkpoint's JSON, or None if there is none; refused unless the user running
-    owns it (it decides what is skipped)."""
+    owns it (it decides what is skipped), and if it is a symbolic link (one planted there
+    could point at a checkpoint of the user's for other work)."""
     try:
-        file = open(path, "rb")  # noqa: SIM115 (closed below)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    with file:
+    except OSError as error:
+        raise CheckpointError(unopenable(path, error, "--checkpoint")) from None
+    with os.fdopen(descriptor, "rb") as file:
         status = os.fstat(file.fileno())
         if not stat.S_ISREG(status.st_mode):
             raise CheckpointError(f"{path} is not a regular file: give another --checkpoint")
@@ -203,6 +206,16 @@ def _read(path: str) -> dict[str, Any] | None:
             "of an earlier segops-fast is resumed with that version)"
         )
     return document
+
+
+def unopenable(path: str, error: OSError, option: str) -> str:
+    """Why ``path`` (given with ``option``) cannot be opened, in words."""
+    if os.path.islink(path):
+        return (
+            f"{path} is a symbolic link, which is not followed (one planted there could "
+            f"point anywhere): give the file's own path with {option}"
+        )
+    return f"cannot open {path}: {error.strerror}"
 
 
 def _parse(document: dict[str, Any], path: str, inputs: list[str], batch_bytes: int) -> Checkpoint:

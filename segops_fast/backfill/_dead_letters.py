@@ -1,6 +1,7 @@
 """The dead-letter file of ``segops-fast send``: invalid lines and failed events, written once.
 
-This module owns the file: creating it private (0600), holding each range's letters until
+This module owns the file: creating it private (0600), never through a symbolic link
+planted at its path (it would append to whatever that points at), holding each range's letters until
 the range is settled past them (a letter of a line read ahead of the settled position
 would be written again by a resume), writing them as JSON Lines that ``send`` can replay,
 and, on a resume, cutting off what was written after the checkpoint was saved, only if
@@ -16,7 +17,7 @@ from typing import IO
 
 import orjson
 
-from ._checkpoint import CheckpointError, DeadLetterFile
+from ._checkpoint import CheckpointError, DeadLetterFile, unopenable
 from ._worker import Message
 
 
@@ -29,7 +30,11 @@ class DeadLetters:
         self.identity: DeadLetterFile | None = None
         if path is None:
             return
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            descriptor = os.open(path, flags, 0o600)
+        except OSError as error:
+            raise CheckpointError(unopenable(path, error, "--dead-letter")) from None
         self._file = os.fdopen(descriptor, "ab")
         status = os.fstat(descriptor)
         length = status.st_size

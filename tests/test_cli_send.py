@@ -108,13 +108,20 @@ def test_the_summary_counts_failures_by_cause(server: LocalIngestServer, tmp_pat
     events = write_events(tmp_path / "events.jsonl", 995)
     server.faults.respond_with(422, count=1)
     server.faults.respond_with(400, count=1000)
-    status, summary = run_send(server, events, "--batch-bytes", "32781")
-    assert status == 1
+    finished = run_cli("send", events, "--api-url", server.url, "--batch-bytes", "32781")
+    assert finished.returncode == 1
+    summary = orjson.loads(finished.stdout)
     assert summary["failed"] == 995
     causes = {error["cause"]: error["events"] for error in summary["errors"]}
     assert sum(causes.values()) == 995
     assert len(causes) == 2
     assert {cause.split(":")[0] for cause in causes} == {"HTTP 422", "HTTP 400"}
+    # And in words, once each, on stderr.
+    assert sorted(finished.stderr.splitlines()) == sorted(
+        f"segops-fast send: failed: {events:,} events: {cause} (give --dead-letter FILE to "
+        "keep them)"
+        for cause, events in causes.items()
+    )
 
 
 # -- options -------------------------------------------------------------------------------------

@@ -236,11 +236,23 @@ def run(arguments: argparse.Namespace) -> int:
         "errors": errors,
     }
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    _say_what_was_given_up(job, arguments.dead_letter)
     if job.interrupted:
         return EXIT_INTERRUPTED
     if stopped_early and not any(p.kind == "error" for p in job.problems):
         _say("error", "stopped before the end of the input: run the same command again to resume")
     return 1 if whole.failed or whole.invalid or stopped_early else 0
+
+
+def _say_what_was_given_up(job: Job, dead_letter: str | None) -> None:
+    """One line per cause of failed events, one for invalid lines, and where they are."""
+    where = (
+        f" (written to {dead_letter})" if dead_letter else " (give --dead-letter FILE to keep them)"
+    )
+    for cause, events in job.causes.items():
+        _say("failed", f"{events:,} events: {cause}{where}")
+    if job.whole.invalid:
+        _say("invalid", f"{job.whole.invalid:,} lines are not valid events{where}")
 
 
 def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:

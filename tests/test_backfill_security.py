@@ -91,6 +91,19 @@ def test_repr_of_the_backfill_settings_masks_the_key_and_the_proxy_password() ->
         assert "me:***@proxy:3128" in shown
 
 
+def test_a_proxy_password_is_masked_in_the_commands_errors(tmp_path: Path) -> None:
+    events = write_events(tmp_path / "events.jsonl", 1)
+    status, _, stderr = run_cli(
+        ["send", str(events), "--api-url", "http://127.0.0.1:9",
+         "--proxy", "http://me:pa/ss@127.0.0.1:3128"],
+        {"SEGOPS_API_KEY": DEFAULT_SECRET_KEY},
+    )  # fmt: skip
+    assert status == 2
+    assert "pa/ss" not in stderr
+    assert "me:***@127.0.0.1:3128" in stderr
+    assert "(from --proxy)" in stderr
+
+
 def test_help_recommends_the_environment_over_the_command_line() -> None:
     status, stdout, _ = run_cli(["send", "--help"])
     assert status == 0

@@ -43,6 +43,7 @@ from ..backfill._engine import (
     MIN_BATCH_BYTES,
     SendSettings,
     batch_events_for,
+    mask_url_password,
 )
 from ..backfill._input import STDIN, InputError, input_problem, input_size, is_stream
 from ..backfill._job import Job, JobSettings
@@ -58,6 +59,8 @@ _FLAGS = {
     "ca_certs": "--ca-certs",
     "proxy": "--proxy",
 }
+#: What the command's help calls the value of each of those flags.
+_METAVARS = {"api_key": "KEY", "api_url": "URL", "ca_certs": "FILE", "proxy": "URL"}
 
 
 def add_parser(commands: Any) -> None:
@@ -285,7 +288,8 @@ def _job(arguments: argparse.Namespace, inputs: list[str]) -> Job:
     try:
         send.check()
     except ValueError as error:
-        raise ValueError(_in_cli_words(str(error))) from None
+        shown = _without_proxy_password(str(error), arguments.proxy)
+        raise ValueError(_in_cli_words(shown)) from None
     settings = JobSettings(
         inputs=inputs,
         send=send,
@@ -333,21 +337,48 @@ def _problem_text(kind: str, message: str, setting: str | None, api_url: str) ->
 
 
 def _in_cli_words(message: str) -> str:
-    """A library message as this command says it: its flags for the library's keywords,
-    without the prefix and without what only a running client does (its queue)."""
-    text = message
-    if text.startswith("SegOps: "):
-        text = text[len("SegOps: ") :]
-    text = re.sub(r"client_cert=\.\.\. and client_key=\.\.\.", "a client certificate "
-                  "(segops-fast send cannot present one)", text)  # fmt: skip
-    text = re.sub(r"\bca_certs=(\.\.\.|'[^']*')", lambda m: "--ca-certs " + (
-        "FILE" if m.group(1) == "..." else m.group(1)), text)  # fmt: skip
-    text = re.sub(r"\bproxy=\.\.\.", "--proxy URL", text)
-    for keyword, flag in _FLAGS.items():
-        text = re.sub(rf"(?<![-\w]){keyword}\b", flag, text)
+    """A library message as this command says it: its flags for the library's keywords
+    (``ca_certs=...`` is ``--ca-certs FILE``; ``proxy`` alone stays a word), without the
+    prefix and without what only a running client does (its queue)."""
+    text = message[len("SegOps: ") :] if message.startswith("SegOps: ") else message
+    text = text.replace(
+        "client_cert=... and client_key=...",
+        "a client certificate (which segops-fast send cannot present)",
+    )
+    text = re.sub(r"\b([a-z_]+)=(\.\.\.)?", _as_flag, text)
+    # Keywords with an underscore are never English words: named bare, they are keywords.
+    text = re.sub(
+        r"(?<![-\w])(" + "|".join(k for k in _FLAGS if "_" in k) + r")\b",
+        lambda match: _FLAGS[match.group(1)],
+        text,
+    )
     # Sentences about a running client's queue mean nothing once this command has ended.
     sentences = re.split(r"(?<=\.) ", text)
     return " ".join(s for s in sentences if "queue" not in s).strip()
+
+
+def _as_flag(keyword_argument: re.Match[str]) -> str:
+    """``ca_certs=...`` as ``--ca-certs FILE``, ``proxy=`` as ``--proxy``; other words as
+    they are."""
+    keyword, placeholder = keyword_argument.groups()
+    if keyword not in _FLAGS:
+        return keyword_argument.group(0)
+    flag = _FLAGS[keyword]
+    if placeholder:
+        return f"{flag} {_METAVARS[keyword]}"
+    # A value follows (``ca_certs='x.pem'``), or nothing does (``(from proxy=)``).
+    following = keyword_argument.string[keyword_argument.end() : keyword_argument.end() + 1]
+    return f"{flag} " if following and following not in " ),.;" else flag
+
+
+def _without_proxy_password(text: str, proxy: str | None) -> str:
+    """``text`` with the password of ``proxy`` masked wherever it appears."""
+    if not proxy:
+        return text
+    masked = mask_url_password(proxy)
+    text = text.replace(proxy, masked)
+    password = proxy.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    return text.replace(password, "***") if password else text
 
 
 def _say(kind: str, message: str) -> None:

@@ -1,7 +1,8 @@
 """The ``segops-fast`` command: argument parsing and dispatch to one module per subcommand.
 
 Exit status: 0 success, 1 the command ran but its check failed (or, for ``send``, some
-events failed or were invalid), 2 usage error, 130 interrupted (``send``).
+events failed or were invalid, or it stopped on an error before the end of its input),
+2 usage error, 130 interrupted (``send``). ``--version`` prints the package's version.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class Job:
                 batch_events=settings.send.batch_events,
             )
             try:
-                self._resume_from(self._checkpoint)
+                self._use_checkpoint(self._checkpoint)
             except BaseException:
                 self._checkpoint.close()
                 raise
@@ -143,7 +143,7 @@ class Job:
         #: Something the checkpoint does not hold yet has been applied.
         self._unsaved = False
 
-    def _resume_from(self, checkpoint: Checkpoint) -> None:
+    def _use_checkpoint(self, checkpoint: Checkpoint) -> None:
         self._ranges = checkpoint.ranges
         self._earlier = Totals(**checkpoint.counts)
         self.causes = dict(checkpoint.causes)

@@ -60,9 +60,9 @@ class DeadLetterFile:
 class Checkpoint:
     path: str
     batch_bytes: int
-    #: The most events in one batch (set by ``--rate``, so pacing is even), or None.
-    batch_events: int | None
     ranges: list[RangeProgress]
+    #: The most events in one batch (set by ``--rate``, so pacing is even), or None.
+    batch_events: int | None = None
     #: The job's counts (``COUNTS``) and its failures' causes, up to ``ranges``' positions.
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     causes: dict[str, int] = field(default_factory=dict)
@@ -86,7 +86,7 @@ class Checkpoint:
             document = _read(path)
             if document is None:
                 ranges = [RangeProgress(part, part.start) for part in plan]
-                return cls(path, batch_bytes, batch_events, ranges, _lock=lock), False
+                return cls(path, batch_bytes, ranges, batch_events, _lock=lock), False
             checkpoint = _parse(document, path, inputs, batch_bytes)
         except BaseException:
             os.close(lock)
@@ -251,8 +251,8 @@ def _parse(document: dict[str, Any], path: str, inputs: list[str], batch_bytes: 
     return Checkpoint(
         path,
         batch_bytes,
-        batch_events,
         ranges,
+        batch_events,
         counts=counts,
         causes=causes,
         dead_letters=_parse_dead_letters(document.get("dead_letters"), bad),

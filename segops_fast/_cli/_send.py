@@ -324,9 +324,6 @@ def _problem_text(kind: str, message: str, setting: str | None, api_url: str) ->
     """What a problem the job met says to this command's user."""
     text = _in_cli_words(message)
     if kind == "waiting":
-        # The operating system's words ("Connection refused"), not the library's classes.
-        reason = re.search(r"\[Errno -?\d+\] (.+)$", text)
-        text = reason.group(1) if reason else text
         return (
             f"cannot reach the API at {api_url} ({text}); retrying until it answers "
             "(Ctrl-C stops; with --checkpoint, the same command resumes)"

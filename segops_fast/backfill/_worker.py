@@ -19,7 +19,7 @@ import orjson
 
 from .._delivery import GivenUp
 from .._encoding import Record, encode_event, event_fields
-from .._errors import InvalidEventError
+from .._errors import InvalidEventError, describe
 from ._engine import SendSettings, Settled, StreamSender
 from ._input import InputRange, RangeReader, input_identity
 
@@ -108,10 +108,10 @@ def send_ranges(
 
 
 def short_error(error: BaseException) -> str:
-    """The error kept with each failed event: its first :data:`MAX_ERROR_CHARS`
-    characters, on one line, without the library's prefix."""
-    text = " ".join(str(error).split())
-    text = text[len("SegOps: ") :] if text.startswith("SegOps: ") else text
+    """The error kept with each failed event: what happened (the same text for every
+    batch one cause refused, so causes can be counted), its first
+    :data:`MAX_ERROR_CHARS` characters, on one line."""
+    text = " ".join(describe(error).split())
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 

@@ -68,9 +68,7 @@ class IngestServerProcess:
 
     def reset(self) -> None:
         """:meth:`LocalIngestServer.reset` of the server process."""
-        self._http.request(
-            "POST", self.url + "/_local/reset", body=b"", timeout=30.0, retries=False
-        )
+        self._http.request("POST", self.url + "/_local/reset", timeout=30.0, retries=False)
 
     def _get(self, path: str) -> Any:
         response = self._http.request("GET", self.url + path, timeout=30.0, retries=False)

@@ -120,3 +120,12 @@ def test_no_module_of_the_wheel_imports_an_undeclared_dependency() -> None:
         if extra:
             undeclared[module] = extra
     assert undeclared == {}
+
+
+def test_the_demo_application_outside_the_demo_says_what_to_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SEGOPS_DEMO_API_URL", raising=False)
+    monkeypatch.delitem(sys.modules, "segops_fast._cli._demo_apps", raising=False)
+    with pytest.raises(ImportError, match="segops-fast demo --server runs; run that command"):
+        importlib.import_module("segops_fast._cli._demo_apps")

@@ -44,8 +44,8 @@ DEFAULT_PUBLIC_KEY = "pk_test_local"
 SIGNATURE_TOLERANCE_SECONDS = 300
 
 #: Events kept (for :attr:`LocalIngestServer.events` and the summary) unless the server is
-#: told otherwise: a few GiB of memory at the most.
-DEFAULT_MAX_KEPT_EVENTS = 10_000_000
+#: told otherwise: about 2 GB of memory at the most (bench/soak.py keeps 1.5 million).
+DEFAULT_MAX_KEPT_EVENTS = 2_000_000
 #: Seconds a connection may sit idle (or stall mid-request) before the server closes it.
 DEFAULT_IDLE_TIMEOUT = 120.0
 #: Session tokens kept; minting one more forgets the oldest (expired ones go first).

@@ -156,9 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self.request.do_handshake()
             except (OSError, ssl.SSLError):
-                owner._handshake(succeeded=False)
+                owner._store.add(tls_handshake_failures=1)
                 raise
-            owner._handshake(succeeded=True)
+            owner._store.add(tls_handshakes=1)
         super().setup()
 
     def do_POST(self) -> None:
@@ -174,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, detail = refusal
             # What was not read of the request would be taken for the next one.
             self.close_connection = True
-            owner._rejected()
+            owner._store.add(requests=1, rejected_requests=1)
             self._respond(status, {"detail": detail})
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -185,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(faults.latency)
             fault = faults.next_fault()
             if fault is not None:
-                owner._fault_acted()
+                owner._store.add(faults_acted=1)
                 if fault.kind == HANG:
                     time.sleep(fault.seconds)
                 elif fault.kind == RESET_BEFORE_BODY:
@@ -195,19 +195,19 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             decoded = _gunzip(body)
             if isinstance(decoded, tuple):
-                owner._rejected()
+                owner._store.add(requests=1, rejected_requests=1)
                 self._respond(*decoded)
                 return
             body = decoded
-            owner._received_gzip()
-        owner._received_body(len(body))
+            owner._store.add(gzip_requests=1)
+        owner._store.note_body(len(body))
         if fault is not None and fault.kind == STATUS:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             self._respond(fault.status, {"detail": "a scripted fault"}, extra)
             return
         limit = faults.max_body_bytes
         if limit is not None and self.path in INGEST_PATHS and len(body) > limit:
-            owner._rejected()
+            owner._store.add(requests=1, rejected_requests=1)
             self._respond(413, {"detail": f"the body is over {limit} bytes"})
             return
         headers = dict(self.headers.items())

@@ -1,21 +1,15 @@
 """A real SegOps ingest server on loopback, for tests, demos and benchmarks.
 
-This module owns the server side of the wire protocol: the three endpoints with the
-platform's auth rules (secret keys; public keys exchanged for expiring session tokens;
-signed user ids checked with the key's HMAC secret, five minutes either way), 400 for
-malformed requests and 401 for bad credentials, and a record of every event with the
-``Idempotency-Key`` it came with. A request whose key was already stored is answered
-200 and counted, not stored again: the server-side deduplication a real deployment does.
+This module owns the server side of the wire protocol: its lifecycle, the endpoints
+with the platform's auth rules (secret keys; public keys exchanged for expiring session
+tokens, at most :data:`MAX_SESSIONS` of them kept; signed user ids checked with the key's
+HMAC secret, five minutes either way), 400 for malformed requests and 401 for bad
+credentials, and the ``/_local/`` controls (``GET /_local/summary``, ``POST
+/_local/reset``) through which another process checks exactly-once delivery.
 
-What it keeps is bounded, so that it is safe to leave running: at most
-``max_kept_events`` events (each request counts at least one), and at most
-:data:`MAX_SESSIONS` session tokens. Past the bound, requests are still checked, answered
-and counted, but their events are not kept (nor their keys remembered): the summary's
-``events_not_kept`` counts them and ``keep_limit_reached`` is true until a reset.
-
-The HTTP side (connections, TLS, the Host and Origin checks, the body size limit, idle
-timeouts and faults) is :mod:`._http`'s. With ``tls`` it speaks HTTPS (see :mod:`._tls`),
-counting handshakes, so that tests can tell a reused connection from a new one.
+What it stores and counts, within ``max_kept_events``, is :mod:`._store`'s; the HTTP side
+(connections, TLS, the Host and Origin checks, the body size limit, idle timeouts and
+faults) is :mod:`._http`'s. With ``tls`` it speaks HTTPS (see :mod:`._tls`).
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,6 +28,7 @@ import orjson
 
 from ._faults import Faults
 from ._http import INGEST_PATHS, HTTPServer
+from ._store import ReceivedEvent, Store
 from ._tls import ServerTLS
 
 #: Accepted as a secret key unless the server is told otherwise.
@@ -65,44 +60,10 @@ class PublicKey:
     require_signed_user_id: bool = False
 
 
-@dataclass(frozen=True)
-class ReceivedEvent:
-    event: dict[str, Any]
-    idempotency_key: str | None
-
-
 @dataclass
 class _Session:
     expires_at: float
     user_id: str | None
-
-
-@dataclass
-class _Record:
-    """Everything the server saw; guarded by the server's lock."""
-
-    #: Each stored request's events with its key: one list per request, not an object
-    #: per event, so storing costs the server next to nothing at 300,000 events/s.
-    stored: list[tuple[str | None, list[dict[str, Any]]]] = field(default_factory=list)
-    event_count: int = 0
-    keys_seen: set[str] = field(default_factory=set)
-    requests: int = 0
-    repeated_key_requests: int = 0
-    repeated_key_events: int = 0
-    rejected_requests: int = 0
-    sessions_minted: int = 0
-    #: Ingest requests that met a scripted fault instead of a plain answer.
-    faults_acted: int = 0
-    #: TLS handshakes completed and failed (with ``tls`` only): one per connection.
-    tls_handshakes: int = 0
-    tls_handshake_failures: int = 0
-    #: Requests whose body came gzipped, and the largest body of any request once decoded.
-    gzip_requests: int = 0
-    largest_body: int = 0
-    #: What the keep limit has used (each stored request counts at least one), and the
-    #: events answered 200 but not kept because the limit was reached.
-    kept: int = 0
-    events_not_kept: int = 0
 
 
 class LocalIngestServer:
@@ -132,13 +93,12 @@ class LocalIngestServer:
             {DEFAULT_PUBLIC_KEY: PublicKey()} if public_keys is None else public_keys
         )
         self.token_ttl = token_ttl
-        self.max_kept_events = max_kept_events
         self.idle_timeout = idle_timeout
         #: What the next ingest requests suffer; see :class:`Faults`.
         self.faults = Faults()
+        self._store = Store(max_kept_events)
+        #: Guards the sessions.
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
-        self._record = _Record()
         self._sessions: dict[str, _Session] = {}
         self._http: HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -193,53 +153,42 @@ class LocalIngestServer:
     @property
     def received(self) -> list[ReceivedEvent]:
         """Every stored event with the Idempotency-Key it came with, in arrival order."""
-        with self._lock:
-            stored = list(self._record.stored)
-        return [ReceivedEvent(event, key) for key, events in stored for event in events]
+        return self._store.received()
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        with self._lock:
-            stored = list(self._record.stored)
-        return [event for _, events in stored for event in events]
+        return self._store.events()
 
     @property
     def event_count(self) -> int:
-        with self._lock:
-            return self._record.event_count
+        return self._store.counts().event_count
 
     @property
     def request_count(self) -> int:
-        with self._lock:
-            return self._record.requests
+        return self._store.counts().requests
 
     @property
     def tls_handshakes(self) -> int:
         """TLS handshakes completed, one per connection a client opened."""
-        with self._lock:
-            return self._record.tls_handshakes
+        return self._store.counts().tls_handshakes
+
+    @property
+    def tls_handshake_failures(self) -> int:
+        return self._store.counts().tls_handshake_failures
 
     @property
     def gzip_requests(self) -> int:
         """Requests that came with ``Content-Encoding: gzip`` (and decoded)."""
-        with self._lock:
-            return self._record.gzip_requests
+        return self._store.counts().gzip_requests
 
     @property
     def largest_body(self) -> int:
         """The largest request body received, in bytes, after decoding any gzip."""
-        with self._lock:
-            return self._record.largest_body
-
-    @property
-    def tls_handshake_failures(self) -> int:
-        with self._lock:
-            return self._record.tls_handshake_failures
+        return self._store.counts().largest_body
 
     def wait_for_events(self, count: int, timeout: float) -> bool:
         """Wait until at least ``count`` events are stored; False if ``timeout`` passes first."""
-        with self._arrived:
-            return self._arrived.wait_for(lambda: self._record.event_count >= count, timeout)
+        return self._store.wait_for_events(count, timeout)
 
     def summary(self) -> dict[str, int]:
         """Counts for exactly-once checks: ``duplicate_events`` are stored events identical
@@ -248,41 +197,11 @@ class LocalIngestServer:
         keep limit (``keep_limit_reached``): the other counts leave them out.
 
         Another process reads the same as JSON: ``GET /_local/summary``."""
-        with self._lock:
-            record = self._record
-            stored = [event for _, events in record.stored for event in events]
-            counts = {
-                "requests": record.requests,
-                "rejected_requests": record.rejected_requests,
-                "sessions_minted": record.sessions_minted,
-                "faults_acted": record.faults_acted,
-                "events": len(stored),
-                "repeated_key_requests": record.repeated_key_requests,
-                "repeated_key_events": record.repeated_key_events,
-                "events_not_kept": record.events_not_kept,
-                "keep_limit_reached": record.kept >= self.max_kept_events,
-            }
-        unique = _unique_count(stored)
-        counts["unique_events"] = unique
-        counts["duplicate_events"] = len(stored) - unique
-        return counts
+        return self._store.summary()
 
     def summary_by_event_type(self) -> dict[str, dict[str, int]]:
         """``events``, ``unique_events`` and ``duplicate_events`` for each event type."""
-        by_type: dict[str, list[dict[str, Any]]] = {}
-        for event in self.events:
-            # Segment and PostHog messages name their type "event".
-            event_type = event.get("event_type", event.get("event", ""))
-            by_type.setdefault(str(event_type), []).append(event)
-        counts = {}
-        for event_type, events in sorted(by_type.items()):
-            unique = _unique_count(events)
-            counts[event_type] = {
-                "events": len(events),
-                "unique_events": unique,
-                "duplicate_events": len(events) - unique,
-            }
-        return counts
+        return self._store.summary_by_event_type()
 
     def revoke_sessions(self) -> None:
         """Invalidate every session token, as a key rotation would: the next use gets 401."""
@@ -292,8 +211,7 @@ class LocalIngestServer:
     def reset(self) -> None:
         """Forget every event and counter (sessions stay valid). Another process does the
         same with ``POST /_local/reset`` (no body needed)."""
-        with self._lock:
-            self._record = _Record()
+        self._store.reset()
 
     # -- request handling (called on the server's threads) ---------------------------------
 
@@ -309,8 +227,7 @@ class LocalIngestServer:
             return 200, {"reset": True}
         if method != "POST":
             return 405, {"detail": "method not allowed"}
-        with self._lock:
-            self._record.requests += 1
+        self._store.add(requests=1)
         if path == "/api/auth/session/":
             status, answer = self._mint(headers.get("Authorization", ""), body)
         elif path in INGEST_PATHS:
@@ -320,33 +237,8 @@ class LocalIngestServer:
         else:
             status, answer = 404, {"detail": f"no endpoint {path}"}
         if status >= 400:
-            with self._lock:
-                self._record.rejected_requests += 1
+            self._store.add(rejected_requests=1)
         return status, answer
-
-    def _handshake(self, succeeded: bool) -> None:
-        with self._lock:
-            if succeeded:
-                self._record.tls_handshakes += 1
-            else:
-                self._record.tls_handshake_failures += 1
-
-    def _received_gzip(self) -> None:
-        with self._lock:
-            self._record.gzip_requests += 1
-
-    def _received_body(self, size: int) -> None:
-        with self._lock:
-            self._record.largest_body = max(self._record.largest_body, size)
-
-    def _fault_acted(self) -> None:
-        with self._lock:
-            self._record.faults_acted += 1
-
-    def _rejected(self) -> None:
-        with self._lock:
-            self._record.requests += 1
-            self._record.rejected_requests += 1
 
     def _mint(self, authorization: str, body: bytes) -> tuple[int, Any]:
         scheme, _, key = authorization.partition(" ")
@@ -371,7 +263,7 @@ class LocalIngestServer:
             self._sessions[token] = _Session(
                 expires_at, user_id if isinstance(user_id, str) else None
             )
-            self._record.sessions_minted += 1
+        self._store.add(sessions_minted=1)
         moment = datetime.fromtimestamp(expires_at, timezone.utc).isoformat()
         return 200, {"token": token, "expires_at": moment}
 
@@ -416,7 +308,7 @@ class LocalIngestServer:
                 if _event_problem(event)
             )
             return 400, {"detail": f"event {position}: {problem}"}
-        self._keep(headers.get("Idempotency-Key"), events)
+        self._store.keep(headers.get("Idempotency-Key"), events)
         return 200, {"accepted": len(events)}
 
     def _ingest_peer_batch(self, body: bytes) -> tuple[int, Any]:
@@ -426,29 +318,8 @@ class LocalIngestServer:
         messages = None if document is None else document.get("batch")
         if not isinstance(messages, list):
             return 400, {"detail": 'a batch must be {"batch": [...]}'}
-        self._keep(None, messages)
+        self._store.keep(None, messages)
         return 200, {"status": "Ok"}
-
-    def _keep(self, key: str | None, events: list[Any]) -> None:
-        """Store one accepted request's events once per key, within the keep limit."""
-        with self._arrived:
-            record = self._record
-            if key is not None and key in record.keys_seen:
-                record.repeated_key_requests += 1
-                record.repeated_key_events += len(events)
-                return
-            # An empty batch counts too: the limit bounds the requests remembered as well.
-            cost = max(1, len(events))
-            if record.kept + cost > self.max_kept_events:
-                record.kept = self.max_kept_events
-                record.events_not_kept += len(events)
-                return
-            if key is not None:
-                record.keys_seen.add(key)
-            record.kept += cost
-            record.stored.append((key, events))
-            record.event_count += len(events)
-            self._arrived.notify_all()
 
     def _credential_problem(self, authorization: str) -> str | None:
         scheme, _, credential = authorization.partition(" ")
@@ -467,10 +338,6 @@ class LocalIngestServer:
                 return "session token expired"
             return None
         return "missing or malformed Authorization header"
-
-
-def _unique_count(events: list[dict[str, Any]]) -> int:
-    return len({orjson.dumps(event, option=orjson.OPT_SORT_KEYS) for event in events})
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

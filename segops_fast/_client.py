@@ -48,7 +48,6 @@ from ._options import (
 from ._proxy import Proxy, resolve_proxy
 from ._session import SessionManager, anonymous_user
 from ._stats import DeliveryCounters, Stats
-from ._tls import TLSSettings
 from ._transport import Transport
 from ._types import Context, Event, UserContext
 
@@ -126,7 +125,7 @@ class _Pipeline:
             options.api_url,
             timeout=options.timeout,
             max_connections=options.max_in_flight,
-            tls=TLSSettings(options.ca_certs, options.client_cert, options.client_key),
+            tls=options.tls,
             proxy=proxy,
             compression=options.compression,
         )
@@ -204,6 +203,7 @@ class SegOpsClient:
         ca_certs: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        client_key_password: str | None = None,
         compression: str | None = None,
     ) -> None:
         options = Options(
@@ -226,6 +226,7 @@ class SegOpsClient:
             ca_certs=ca_certs,
             client_cert=client_cert,
             client_key=client_key,
+            client_key_password=client_key_password,
             compression=compression,
         )
         options.check()

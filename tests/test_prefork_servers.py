@@ -8,7 +8,6 @@ LocalIngestServer must hold every event exactly once.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -69,7 +68,7 @@ def test_uwsgi_delivers_exactly_once_through_recycling(
         # Workers recycled this fast make uWSGI pause 2 s before respawning; a stop signal
         # during that pause leaves the master waiting for good (reproduced with an empty
         # application), so let it finish respawning first.
-        time.sleep(3)
+        harness.wait_until_quiet(tmp_path / "log")
         stop_gracefully(uwsgi)
         assert len({answer["pid"] for answer in answers}) > 4, "no worker was recycled"
         if threads == "no-threads":

@@ -74,7 +74,7 @@ def test_uwsgi_master_that_tracks_at_import_without_lazy_apps(
     with running(command, port, env, tmp_path / "log") as uwsgi:
         answers = send_requests(port, 0, requests)
         # See test_prefork_servers: let uWSGI finish respawning before the stop signal.
-        time.sleep(3)
+        harness.wait_until_quiet(tmp_path / "log")
         stop_gracefully(uwsgi)
     assert len(_pids(answers)) > 4, "no worker was recycled"
     # The master has no thread of ours; the workers do.

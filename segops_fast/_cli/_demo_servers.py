@@ -108,7 +108,7 @@ def _serve(
             # signal that lands while it respawns one, and a gevent worker that gets it
             # while booting is killed only after gunicorn's graceful_timeout (measured
             # with an application that does nothing: 30 s).
-            time.sleep(3)
+            harness.wait_until_quiet(folder / "log")
         return pids, server.stop()
 
 

@@ -140,6 +140,24 @@ def wait_until_listening(child: Child, port: int, timeout: float = START_TIMEOUT
     raise ServerError(f"the server did not listen on port {port} within {timeout:g} s")
 
 
+def wait_until_quiet(log: Path, quiet: float = 3.0, timeout: float = 30.0) -> None:
+    """Wait until the server has written nothing to ``log`` for ``quiet`` seconds.
+
+    A pre-fork server that has just recycled workers may still be respawning them: uWSGI
+    sleeps 2 s before respawning workers that recycle fast, and a stop signal that lands
+    then is never passed to the worker it respawns next (the master waits for that worker
+    for good); a gunicorn gevent worker that gets it while booting is killed only after
+    the graceful timeout. Both write a line before they pause, so a quiet log means none
+    of that is under way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        silent_for = time.time() - log.stat().st_mtime
+        if silent_for >= quiet:
+            return
+        time.sleep(quiet - silent_for)
+    raise ServerError(f"the server wrote to its log without a pause for {timeout:g} s")
+
+
 def get_json(port: int, path: str, timeout: float = 60.0) -> Any:
     """``GET path``, tried again only if the connection was refused or reset unanswered:
     a worker that is stopping (recycled, or replaced by a reload) resets the connections

@@ -119,10 +119,10 @@ def host_problem(host: str | None, port: int, default_port: int) -> str | None:
     else:
         name, _, rest = host.partition(":")
         rest = ":" + rest if rest else ""
-    if rest not in (f":{port}", "" if port == default_port else f":{port}"):
-        return f"Host {host!r} does not name this server's port {port}"
     if not _is_loopback_name(name):
         return f"Host {host!r} is not a loopback name"
+    if rest not in (f":{port}", "" if port == default_port else f":{port}"):
+        return f"Host {host!r} does not name this server's port {port}"
     return None
 
 

@@ -20,17 +20,13 @@ import argparse
 import importlib.metadata
 import os
 import platform
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
-
-import urllib3
-from app_servers import free_port
+from typing import Callable
 
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
+from segops_fast.testing import _app_servers as harness
 
 APP = """
 import os
@@ -60,17 +56,16 @@ async def lifespan(app: FastAPI):
 app = FastAPI(lifespan=lifespan)
 """
 
-SERVERS = {
-    "uvicorn": ["-m", "uvicorn", "app:app", "--port", "{port}"],
-    "uvicorn --workers 4": ["-m", "uvicorn", "app:app", "--port", "{port}", "--workers", "4"],
-    "gunicorn UvicornWorker, 4 workers": [
-        "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "4",
-        "-b", "127.0.0.1:{port}", "app:app",
-    ],
-}  # fmt: skip
+#: Each server's command line for a port, serving app.py's ``app`` in the current folder.
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "uvicorn": lambda port: harness.uvicorn(port, "app:app", workers=1),
+    "uvicorn --workers 4": lambda port: harness.uvicorn(port, "app:app", workers=4),
+    "gunicorn UvicornWorker, 4 workers": lambda port: harness.gunicorn(
+        port, "app:app", workers=4, worker_class="uvicorn.workers.UvicornWorker"
+    ),
+}
 
 EVENTS_PER_REQUEST = 5
-STOP_TIMEOUT = 60.0
 
 
 def write_app(directory: Path, lifespan: bool) -> None:
@@ -81,51 +76,27 @@ def write_app(directory: Path, lifespan: bool) -> None:
     (directory / "app.py").write_text(text, encoding="utf-8")
 
 
-def wait_until_serving(
-    http: urllib3.PoolManager, url: str, process: subprocess.Popen[bytes]
-) -> None:
-    deadline = time.monotonic() + 60.0
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} while starting")
-        try:
-            if http.request("GET", f"{url}/track?events=0", retries=False).status == 200:
-                return
-        except urllib3.exceptions.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("the server did not answer within 60 s")
-
-
 def one_run(server_name: str, lifespan: bool, requests: int) -> tuple[int, int, int]:
     """Events tracked, events stored, and the server's exit status (-15: killed by SIGTERM)."""
-    port = free_port()
+    port = harness.free_port()
     with LocalIngestServer() as ingest, tempfile.TemporaryDirectory() as directory:
         write_app(Path(directory), lifespan)
         environment = dict(os.environ, SEGOPS_API_URL=ingest.url, SEGOPS_API_KEY=DEFAULT_SECRET_KEY)
-        command = [sys.executable, *(part.format(port=port) for part in SERVERS[server_name])]
-        process = subprocess.Popen(
-            command,
+        with harness.started(
+            SERVERS[server_name](port),
             cwd=directory,
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
-        http = urllib3.PoolManager(maxsize=1)
-        url = f"http://127.0.0.1:{port}"
-        tracked = 0
-        try:
-            wait_until_serving(http, url, process)
-            for _ in range(requests):
-                answer = http.request("GET", f"{url}/track?events={EVENTS_PER_REQUEST}")
-                tracked += int(answer.json()["tracked"])
-            http.clear()
-            process.send_signal(signal.SIGTERM)
-            process.wait(STOP_TIMEOUT)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        return tracked, ingest.event_count, process.returncode
+        ) as server:
+            harness.wait_until_listening(server, port)
+            tracked = sum(
+                harness.get_json(port, f"/track?events={EVENTS_PER_REQUEST}")["tracked"]
+                for _ in range(requests)
+            )
+            # SIGTERM to the main process only, as a process manager sends it.
+            server.stop(harness.STOP_TIMEOUT)
+        return tracked, ingest.event_count, server.popen.returncode
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from ._transport import COMPRESSIONS
 #: What delivery costs a web worker is per request, not per event: each request is a few
 #: hundred microseconds of Python (urllib3's request path, waking a thread) on the very CPU
 #: that serves the app, while each event adds well under a microsecond (rendering its
-#: timestamp, its share of the body: bench/results/app_profile.txt). So the flusher lingers
+#: timestamp, its share of the body: bench/results/app_profile.md). So the flusher lingers
 #: until a request carries many events: at most ``batch_size`` events or
 #: ``flush_interval`` seconds, whichever comes first. With these defaults, a gunicorn sync
 #: worker tracking one event per request loses about as much as with an empty function

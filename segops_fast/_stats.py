@@ -38,7 +38,8 @@ class Stats:
     #: Events the ``before_send`` hook dropped; not counted in ``enqueued``.
     filtered: int
     #: ``dropped`` and ``failed`` split by the reason ``on_drop`` is given (``queue_full``,
-    #: ``closed``, ``shutdown_deadline``, ``failed``, ``retries_exhausted``); a copy.
+    #: ``closed``, ``shutdown_deadline``, ``failed``, ``retries_exhausted``,
+    #: ``unexpected_error``); a copy.
     given_up_by_reason: dict[str, int]
 
 

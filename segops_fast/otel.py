@@ -60,7 +60,7 @@ def instrument(client: SegOpsClient, meter_provider: MeterProvider | None = None
     - ``segops.client.event.processed`` (counter, ``{event}``): events whose fate is
       settled; without ``error.type`` those the server acknowledged, with it those given
       up, by the reason ``on_drop`` gets (``queue_full``, ``closed``,
-      ``shutdown_deadline``, ``failed``, ``retries_exhausted``);
+      ``shutdown_deadline``, ``failed``, ``retries_exhausted``, ``unexpected_error``);
     - ``segops.client.event.filtered`` (counter, ``{event}``): events ``before_send``
       dropped;
     - ``segops.client.queue.size`` and ``segops.client.queue.capacity`` (up-down

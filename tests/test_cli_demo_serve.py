@@ -90,6 +90,7 @@ DECLARED = {"orjson", "urllib3", "segops_fast"}
 EXTRAS = {
     "backfill/_dask_ranges.py": {"distributed"},
     "testing/_dask.py": {"distributed"},
+    "otel.py": {"opentelemetry"},
 }
 
 

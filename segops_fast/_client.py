@@ -261,9 +261,11 @@ class SegOpsClient:
         # The threads may also have ended before the deadline, when nothing left could
         # be sent before it (the next retry was due after it): the same message then.
         _raise_if_stopped(pipeline)
-        given_up = pipeline.cycle.given_up_at_deadline
-        if given_up:
-            error = shutdown_deadline_error(given_up, deadline, pipeline.cycle.deadline_cause)
+        surrender = pipeline.cycle.surrender
+        if surrender.given_up_at_deadline:
+            error = shutdown_deadline_error(
+                surrender.given_up_at_deadline, deadline, surrender.deadline_cause
+            )
             raise error from None if request is None else request.error
         if request is not None and request.error is not None:
             raise _undelivered_error("shutdown()", request) from request.error

@@ -1,26 +1,27 @@
-"""One sending cycle, shared by both drivers: take, cut, send, settle, answer, give up.
+"""One sending cycle, shared by both drivers: take, cut, send, settle, answer.
 
 This module owns what a cycle does, whichever thread runs it (the flusher thread, or the
 caller's under uWSGI without threads): take the retries due and everything waiting, cut
 them into batches of at most ``max_batch_bytes``, send them oldest first (handing some to
 the sender threads), settle each answer, and answer the flushes asked for. It also owns
-giving up: the batches held when shutting down with the API unreachable, everything at the
-shutdown deadline (``abandon``), and everything when a thread of ours stops on an exception
-nobody expected. It is a driver: it takes the pipeline's lock around its calls to the state
-holders (:mod:`~segops_fast._ledger`, :mod:`~segops_fast._flush_requests`, the send
-schedule), and never holds it while sending or calling the user's callbacks. It does not
-own when a cycle runs (:mod:`~segops_fast._flusher`, :mod:`~segops_fast._inline`).
+the pipeline's run state (stopping, abandoned) and the steps of giving up that need the
+lock; when to give up is :mod:`~segops_fast._surrender`'s. It is a driver: it takes the
+pipeline's lock around its calls to the state holders (:mod:`~segops_fast._ledger`,
+:mod:`~segops_fast._flush_requests`, the send schedule), and never holds it while
+sending or calling the user's callbacks. It does not own when a cycle runs
+(:mod:`~segops_fast._flusher`, :mod:`~segops_fast._inline`).
 
 The orderings that exactly-once rests on
 ----------------------------------------
 * Every batch is registered in flight before the first is sent (:meth:`Cycle._dispatch`),
   so a flush never sees a gap.
-* :meth:`Cycle.abandon` empties the in-flight set under the lock before it hands anything
-  to ``on_drop``, so a late answer for a batch given up is ignored (:meth:`Cycle.send`):
-  no event is both dropped and sent.
-* Batches are released while sending: once cut, only the cycle's list holds them, and it
-  lets go of each as it is sent (while the API is down a cycle lasts minutes, and finished
-  batches kept until its end would let a second queue's worth of events build up).
+* Abandon empties the in-flight set under the lock (:meth:`Cycle.begin_surrender`) before
+  anything is handed to ``on_drop``, so a late answer for a batch given up is ignored
+  (:meth:`Cycle.send`): no event is both dropped and sent.
+* Batches are released while sending: once cut, only the cycle's list holds them, and
+  :meth:`Cycle._dispatch` empties it as it goes, so a batch sent can be freed (while the
+  API is down a cycle lasts minutes, and finished batches kept until its end would let a
+  second queue's worth of events build up).
 """
 
 from __future__ import annotations
@@ -33,23 +34,19 @@ from ._batching import Batch
 from ._buffer import EventBuffer
 from ._delivery import (
     REASON_FAILED,
-    REASON_RETRIES_EXHAUSTED,
-    REASON_SHUTDOWN_DEADLINE,
-    REASON_UNEXPECTED_ERROR,
     Attempted,
     Deadline,
     Delivery,
     GivenUp,
-    given_up_error,
-    shutdown_deadline_error,
 )
-from ._errors import SegOpsApiError, count_events, describe, fix_for, sentences, unexpected
+from ._errors import SegOpsApiError, count_events, describe, fix_for, sentences
 from ._flush_requests import FlushRequest, FlushRequests
 from ._ledger import Ledger, cut
 from ._locks import PipelineLock
 from ._reporting import Throttle
 from ._senders import SenderPool
 from ._stats import DeliveryCounters
+from ._surrender import Surrender
 
 #: While the API cannot be reached, it is tried every flush_interval, but reported at most
 #: this often: a long outage must not write an error to the log twice a second.
@@ -86,19 +83,22 @@ class Cycle:
         #: Signalled whenever a batch is finished, and whenever stopping or abandoning.
         self.changed = threading.Condition(guard)  # type: ignore[arg-type]
         self._wake = wake
-        self._deadline = deadline
         self._flush_interval = flush_interval
         self._max_batch_bytes = max_batch_bytes
         self._on_given_up = on_given_up
         self._report_error = report_error
         self._unreachable_reports = Throttle(_UNREACHABLE_REPORT_INTERVAL)
+        #: Gives up what cannot be sent; keeps what the deadline or a failure gave up.
+        self.surrender = Surrender(
+            self, buffer=buffer, deadline=deadline, report_error=report_error
+        )
         self.senders = (
             SenderPool(
                 max_in_flight - 1,
                 send=self.send,
                 changed=self.changed,
                 guard=guard,
-                on_failure=self.stop_on_failure,
+                on_failure=self.surrender.on_failure,
             )
             if max_in_flight > 1
             else None
@@ -108,14 +108,6 @@ class Cycle:
         #: Set once everything held was given up: at the shutdown deadline, or when a
         #: thread of ours stopped on an unexpected exception.
         self.abandoned = False
-        self._abandon_finished = threading.Event()
-        #: How many events the shutdown deadline made us give up, and the last failure of
-        #: the oldest of them that had one.
-        self.given_up_at_deadline = 0
-        self.deadline_cause: BaseException | None = None
-        #: Set when a thread of ours stopped on an unexpected exception: what the user is
-        #: told then. Nothing is sent after that.
-        self.failure: SegOpsApiError | None = None
 
     # -- asked for by the pipeline -----------------------------------------------------------
 
@@ -189,7 +181,7 @@ class Cycle:
                 )
             if final:
                 # Shutting down and the API cannot be reached: these cannot be delivered.
-                self.give_up_held(REASON_FAILED, blocked)
+                self.surrender.held(REASON_FAILED, blocked)
         self.answer(answerable, final=final)
         return blocked is None
 
@@ -276,90 +268,22 @@ class Cycle:
             self._counters.given_up(len(part.events), failed=part.failed, reason=part.reason)
             self.requests.note_given_up(part)
 
-    def _give_up(self, given_up: list[GivenUp]) -> None:
+    def give_up(self, given_up: list[GivenUp]) -> None:
+        """Count ``given_up`` at once, then tell the user, outside the lock."""
         with self.guard:
             self._count_given_up(given_up)
         for part in given_up:
             self._on_given_up(part)
 
-    def give_up_held(self, reason: str, error: BaseException) -> None:
-        """Give up the batches waiting for the API or for a retry."""
+    def wait_for_answers(self, timeout: float | None) -> None:
+        """Wait, at most ``timeout`` seconds, until no batch is in flight (or abandoned)."""
         with self.guard:
-            held = self.ledger.take_held()
-        given_up = []
-        for batch in held:
-            # Never sent this time, but an earlier attempt may have been stored unanswered.
-            why = (
-                REASON_RETRIES_EXHAUSTED
-                if reason == REASON_FAILED and batch.maybe_stored
-                else reason
-            )
-            failure = given_up_error(len(batch), why, describe(error), fix=fix_for(error))
-            given_up.append(GivenUp.of_batch(batch, why, failure))
-        self._give_up(given_up)
+            self.changed.wait_for(lambda: not self.ledger.busy() or self.abandoned, timeout)
 
-    def give_up_everything_left(self) -> None:
-        """The deadline has passed, or will before anything left could be sent: let the
-        requests under way end, until the deadline itself, then give up everything."""
-        with self.guard:
-            self.changed.wait_for(
-                lambda: not self.ledger.busy() or self.abandoned, self._deadline.time_left()
-            )
-        self.abandon()
-
-    def abandon(self) -> int:
-        """The shutdown deadline has passed: give up, now, every event not yet finished.
-
-        Events in the buffer, held back, or in a request not answered yet are handed to
-        ``on_drop`` as ``shutdown_deadline`` and counted as dropped before this returns;
-        an answer that comes later for one of those requests is ignored, so no event is
-        ever both dropped and sent. Returns how many events were given up. Safe to call
-        from any thread, more than once: later calls wait for the first to finish.
-        """
-        seconds = self._deadline.seconds
-        causes = []
-
-        def deadline_error(batch: Batch) -> SegOpsApiError:
-            if batch.last_error is not None:
-                causes.append(batch.last_error)
-            return shutdown_deadline_error(len(batch), seconds, batch.last_error)
-
-        given_up = self._give_up_everything(REASON_SHUTDOWN_DEADLINE, deadline_error)
-        if given_up is not None:
-            self.deadline_cause = causes[0] if causes else None
-            self.given_up_at_deadline = given_up
-        self._abandon_finished.wait()
-        return self.given_up_at_deadline
-
-    def stop_on_failure(self, error: BaseException) -> None:
-        """A thread of ours met an exception nobody expected: stop sending for good.
-
-        Whatever was held is handed to ``on_drop`` as ``unexpected_error`` and counted as
-        failed, the user is told (never with the exception's text: see
-        :func:`~segops_fast._errors.describe`), a ``track()`` waiting for room is released
-        and later events are refused, and ``flush()`` and ``shutdown()`` raise from now on.
-        """
-        cause = f"the thread sending events stopped on {unexpected(error)}"
-        report = _stopped_error(cause)
-        with self.guard:
-            if self.failure is not None:
-                return
-            self.failure = report
-        self._buffer.close()
-        try:
-            self._give_up_everything(
-                REASON_UNEXPECTED_ERROR,
-                lambda batch: given_up_error(len(batch), REASON_UNEXPECTED_ERROR, cause),
-            )
-        finally:
-            # Last: a callback that raises again (SystemExit) must not keep events held.
-            self._report_error(report)
-
-    def _give_up_everything(
-        self, reason: str, error_for: Callable[[Batch], SegOpsApiError]
-    ) -> int | None:
-        """Give up every event not finished for ``reason``; how many, or None if an earlier
-        call did (this one then returns at once)."""
+    def begin_surrender(self) -> list[Batch] | None:
+        """Stop for good and take every batch not finished, oldest first; None if an
+        earlier call did. The in-flight set is empty when this returns, so an answer that
+        comes later for one of these batches is ignored."""
         with self.guard:
             if self.abandoned:
                 return None
@@ -368,29 +292,8 @@ class Cycle:
             if self.senders is not None:
                 self.senders.drop_waiting()
             self.changed.notify_all()
-        try:
-            self._wake.set()
-            self._give_up([GivenUp.of_batch(batch, reason, error_for(batch)) for batch in batches])
-            # Everything is finished now: whoever still waits in flush() has an answer.
-            self.answer_all(final=True)
-            return sum(len(batch) for batch in batches)
-        finally:
-            self._abandon_finished.set()
-
-
-def _stopped_error(cause: str) -> SegOpsApiError:
-    fix = "Create a new SegOpsClient to send again"
-    return SegOpsApiError(
-        sentences(
-            f"SegOps: {cause}",
-            "This client sends nothing more: every event it held, and every event "
-            f"tracked from now on, is handed to on_drop (reason {REASON_UNEXPECTED_ERROR!r})"
-            " and counted in stats().failed",
-            fix,
-        ),
-        reason=cause,
-        fix=fix,
-    )
+        self._wake.set()
+        return batches
 
 
 def waiting_for_api_error(

@@ -141,9 +141,9 @@ class Flusher:
                 cycle.run(final=stopping)
                 if stopping and not cycle.has_work_left():
                     return
-            cycle.give_up_everything_left()
+            cycle.surrender.everything_left()
         except BaseException as error:  # see above
-            cycle.stop_on_failure(error)
+            cycle.surrender.on_failure(error)
         finally:
             cycle.end_senders()
 

@@ -110,7 +110,7 @@ class InlineSender:
                 if out_of_time or not self._send_here(final=final):
                     break
             if final and (out_of_time or self._deadline.passed()):
-                cycle.give_up_everything_left()
+                cycle.surrender.everything_left()
             cycle.answer_all(final=final)
 
     def make_room(self) -> None:

@@ -172,7 +172,7 @@ class Pipeline:
     @property
     def failure(self) -> SegOpsApiError | None:
         """Why sending stopped for good (a thread of ours failed); None while it goes on."""
-        return self.cycle.failure
+        return self.cycle.surrender.failure
 
     @property
     def untouched(self) -> bool:
@@ -195,8 +195,8 @@ class Pipeline:
         The order matters: no event is accepted once the flush is asked for, the deadline
         is set before anything is sent, and the transport is closed only once every thread
         has ended (else everything left is abandoned, and later answers are ignored).
-        Returns the final flush request (None if nothing was left); ``self.cycle`` says
-        what the deadline gave up.
+        Returns the final flush request (None if nothing was left); ``self.cycle.surrender``
+        says what the deadline gave up.
         """
         self.buffer.close()
         request = self.request_flush()
@@ -207,7 +207,7 @@ class Pipeline:
             self.transport.close()
         else:
             self.deadline.expire_now()
-            self.cycle.abandon()
+            self.cycle.surrender.abandon()
         return request
 
     def stop_soon(self) -> None:

@@ -10,6 +10,7 @@ their own modules; this one only connects them.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import weakref
@@ -129,14 +130,20 @@ class SegOpsClient:
         options.check()
         _concurrency.refuse_eventlet()
         self._options = options
-        # Decided once: a forked child uses the proxy its parent was built with.
-        self._proxy = resolve_proxy(proxy, options.api_url)
         # Copied out of the options: the hot path reads them on every call.
         self._max_event_bytes = max_event_bytes
         # The longest JSON an event may have before track() adds its timestamp.
         self._max_unstamped_event_bytes = max_event_bytes - RENDERED_TIMESTAMP_BYTES
-        self._get_user = get_user or anonymous_user
         self._reporter = Reporter(on_error, on_drop)
+        # Each process builds its own pipeline; the proxy is decided once, so a forked
+        # child uses the proxy its parent was built with.
+        self._new_pipeline = functools.partial(
+            Pipeline,
+            options,
+            get_user or anonymous_user,
+            self._reporter,
+            resolve_proxy(proxy, options.api_url),
+        )
         # The bound method itself: track() pays one attribute test when it is unset.
         self._before_send = (
             None
@@ -230,7 +237,7 @@ class SegOpsClient:
         if self._closed or not self._options.batch:
             return
         pipeline = self._pipeline
-        self._refuse_from_own_thread(pipeline, "flush")
+        _refuse_from_own_thread(pipeline, "flush")
         request = pipeline.request_flush()
         if request is None:
             _raise_if_stopped(pipeline)
@@ -253,7 +260,7 @@ class SegOpsClient:
         if self._closed:
             return
         pipeline = self._pipeline
-        self._refuse_from_own_thread(pipeline, "shutdown")
+        _refuse_from_own_thread(pipeline, "shutdown")
         self._closed = True
         self._finalizer.detach()
         deadline = self._options.shutdown_timeout if timeout is None else timeout
@@ -317,7 +324,7 @@ class SegOpsClient:
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
-        self._install(Pipeline(self._options, self._get_user, self._reporter, self._proxy))
+        self._install(self._new_pipeline())
 
     def _install(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
@@ -337,13 +344,9 @@ class SegOpsClient:
         self._finalizer.atexit = False
 
     def _append_first(self, record: Record) -> bool:
-        """The first event of this process's pipeline: make sure it is built from the kind
-        of thread and lock in force now, then hand the hot path to the buffer.
-
-        gevent may have patched ``threading`` since the pipeline was built (a gevent worker
-        forked from a master that preloads the application patches after the fork hook
-        ran). No thread of ours exists yet and nothing is queued, so building the pipeline
-        again loses nothing; using the old one would make greenlets wait on native locks.
+        """The first event of this process's pipeline: build it again if gevent patched
+        ``threading`` since it was built (see ``_concurrency.py``), then hand the hot path
+        to the pipeline.
 
         No lock: one created before gevent patched is native, and building a pipeline can
         yield to another greenlet, which would then block the hub on it. Rebuilding happens
@@ -353,12 +356,8 @@ class SegOpsClient:
         each just set the same attribute.
         """
         pipeline = self._pipeline
-        if (
-            not self._closed
-            and pipeline.greenlets != _concurrency.greenlets()
-            and pipeline.untouched
-        ):
-            rebuilt = Pipeline(self._options, self._get_user, self._reporter, self._proxy)
+        if not self._closed and pipeline.outdated_by_gevent:
+            rebuilt = self._new_pipeline()
             if self._pipeline is pipeline and not self._closed:
                 self._finalizer.detach()
                 self._install(rebuilt)
@@ -388,15 +387,6 @@ class SegOpsClient:
             self.shutdown(self._options.shutdown_timeout)
         except SegOpsApiError as error:
             self._reporter.error(error)
-
-    @staticmethod
-    def _refuse_from_own_thread(pipeline: Pipeline, method: str) -> None:
-        if pipeline.driver.is_own_thread:
-            raise RuntimeError(
-                f"SegOps: {method}() was called from on_error or on_drop, which run on the "
-                f"thread that would have to do its work, so it would wait forever. Call "
-                f"{method}() from your own code after the callback returns."
-            )
 
 
 def _undelivered_error(call: str, request: FlushRequest) -> SegOpsApiError:
@@ -461,3 +451,12 @@ def _raise_if_stopped(pipeline: Pipeline) -> None:
     if failure is not None:
         # A new exception each time: raising one object twice would pile up tracebacks.
         raise SegOpsApiError(str(failure), reason=failure.reason, fix=failure.fix)
+
+
+def _refuse_from_own_thread(pipeline: Pipeline, method: str) -> None:
+    if pipeline.driver.is_own_thread:
+        raise RuntimeError(
+            f"SegOps: {method}() was called from on_error or on_drop, which run on the "
+            f"thread that would have to do its work, so it would wait forever. Call "
+            f"{method}() from your own code after the callback returns."
+        )

@@ -5,21 +5,21 @@ caller's under uWSGI without threads): take the retries due and everything waiti
 them into batches of at most ``max_batch_bytes``, send them oldest first (handing some to
 the sender threads), settle each answer, and answer the flushes asked for. It also owns
 the pipeline's run state (stopping, abandoned) and the steps of giving up that need the
-lock; when to give up is :mod:`~segops_fast._surrender`'s. It is a driver: it takes the
-pipeline's lock around its calls to the state holders (:mod:`~segops_fast._ledger`,
-:mod:`~segops_fast._flush_requests`, the send schedule), and never holds it while
+lock; when to give up is ``_surrender.py``'s. It is a driver: it takes the
+pipeline's lock around its calls to the state holders (``_ledger.py``,
+``_flush_requests.py``, the send schedule), and never holds it while
 sending or calling the user's callbacks. It does not own when a cycle runs
-(:mod:`~segops_fast._flusher`, :mod:`~segops_fast._inline`).
+(:mod:`~segops_fast._flusher`, ``_inline.py``).
 
 The orderings that exactly-once rests on
 ----------------------------------------
-* Every batch is registered in flight before the first is sent (:meth:`Cycle._dispatch`),
+* Every batch is registered in flight before the first is sent (``Cycle._dispatch()``),
   so a flush never sees a gap.
-* Abandon empties the in-flight set under the lock (:meth:`Cycle.begin_surrender`) before
+* Abandon empties the in-flight set under the lock (``Cycle.begin_surrender()``) before
   anything is handed to ``on_drop``, so a late answer for a batch given up is ignored
-  (:meth:`Cycle.send`): no event is both dropped and sent.
+  (``Cycle.send()``): no event is both dropped and sent.
 * Batches are released while sending: once cut, only the cycle's list holds them, and
-  :meth:`Cycle._dispatch` empties it as it goes, so a batch sent can be freed (while the
+  ``Cycle._dispatch()`` empties it as it goes, so a batch sent can be freed (while the
   API is down a cycle lasts minutes, and finished batches kept until its end would let a
   second queue's worth of events build up).
 """

@@ -4,8 +4,8 @@ This module owns the open flush requests: the number each waits for, how long it
 an API that cannot be reached, the events it covers that were not delivered, and when it
 can be answered. It keeps no lock and starts no thread: its state is guarded by the
 pipeline's lock, which its callers (the cycle and the drivers) hold around every mutating
-call (checked with ``SEGOPS_FAST_DEBUG_LOCKS=1``, see :mod:`~segops_fast._locks`). It
-does not own when a cycle runs, nor which events are finished (:mod:`~segops_fast._ledger`).
+call (checked with ``SEGOPS_FAST_DEBUG_LOCKS=1``, see ``_locks.py``). It
+does not own when a cycle runs, nor which events are finished (``_ledger.py``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 This module owns the flusher thread of one pipeline (started by the first event, so a
 process that never tracks has no thread of ours), its linger timing, and waking it: the
 buffer's producer wakes it once per batch, ``flush()`` and ``shutdown()`` whenever they
-ask. What a cycle does is :mod:`~segops_fast._cycle`'s; the sender threads are
-:mod:`~segops_fast._senders`'; without threads (uWSGI) :mod:`~segops_fast._inline` drives
+ask. What a cycle does is ``_cycle.py``'s; the sender threads are
+``_senders.py``'; without threads (uWSGI) ``_inline.py`` drives
 the same cycle instead.
 
 When the flusher sends
@@ -148,7 +148,7 @@ class Flusher:
             cycle.end_senders()
 
     def _wait_until_due(self) -> bool:
-        """Return when a cycle is due (see :meth:`_seconds_until_due`): True, or False when
+        """Return when a cycle is due (see ``_seconds_until_due()``): True, or False when
         stopping and nothing left can be sent before the shutdown deadline."""
         buffer = self._buffer
         sure_nothing_was_missed = False

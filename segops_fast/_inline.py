@@ -3,10 +3,10 @@
 This module owns the driver used where the pipeline has no background thread: a uWSGI
 worker that runs no Python thread between requests (without ``--enable-threads``), and the
 uWSGI master, which must never start one (see :mod:`~segops_fast._uwsgi`). It runs the same
-cycle as the flusher thread (:mod:`~segops_fast._cycle`), on the thread that tracks,
+cycle as the flusher thread (``_cycle.py``), on the thread that tracks,
 flushes or shuts down, and keeps it from being re-entered by a callback that tracks while
 it sends. It does not own what a cycle does, nor the decision of which driver a pipeline
-uses (:mod:`~segops_fast._pipeline`).
+uses (``_pipeline.py``).
 """
 
 from __future__ import annotations

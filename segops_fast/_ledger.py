@@ -5,7 +5,7 @@ taken and not finished (in a request, about to be, or held back in the send sche
 the finished watermark, surrender at the deadline, and keeping the buffer's bound counting
 what is held. It keeps no lock and starts no thread: its state (and the send schedule's) is
 guarded by the pipeline's lock, which the cycle and the drivers hold around every call
-(checked with ``SEGOPS_FAST_DEBUG_LOCKS=1``, see :mod:`~segops_fast._locks`). It does not
+(checked with ``SEGOPS_FAST_DEBUG_LOCKS=1``, see ``_locks.py``). It does not
 own sending, flush requests, or telling anyone about events given up.
 
 Numbering
@@ -17,12 +17,12 @@ finished yet still count against the buffer's bound.
 
 The orderings that exactly-once rests on
 ----------------------------------------
-* Every batch is registered before the first is sent (:meth:`Ledger.register`): a flush
+* Every batch is registered before the first is sent (``Ledger.register()``): a flush
   asked for meanwhile must never see a gap and think later events finished.
-* :meth:`Ledger.surrender` empties the in-flight set, so an answer that comes later for a
-  batch given up is ignored (:meth:`Ledger.finish` returns False): no event is both
+* ``Ledger.surrender()`` empties the in-flight set, so an answer that comes later for a
+  batch given up is ignored (``Ledger.finish()`` returns False): no event is both
   dropped and sent.
-* Between :meth:`Ledger.take` and :meth:`Ledger.register` one entry stands for everything
+* Between ``Ledger.take()`` and ``Ledger.register()`` one entry stands for everything
   taken, so the events are never unaccounted for while they are cut into batches.
 """
 
@@ -139,7 +139,7 @@ class Ledger:
     def surrender(self) -> list[Batch]:
         """Remove and return, oldest first, every batch not finished: in flight, held
         back, and whatever still waits in the buffer. An answer that comes later for one
-        of them is ignored (see :meth:`finish`)."""
+        of them is ignored (see ``finish()``)."""
         unanswered = list(self._in_flight.values())
         held = self.schedule.take_all()
         self._in_flight.clear()

@@ -5,11 +5,11 @@ taken, the flush requests, the send schedule, the sender pool's hand-off) lives 
 holders that take no lock themselves: each is guarded by the one lock of its pipeline, and
 only the drivers (the flusher thread, the inline sender, the sender threads, the cycle they
 run and the pipeline's shutdown) take it, around calls to the holders. A holder's mutating
-methods are marked :func:`lock_held`.
+methods are marked ``lock_held()``.
 
 The check is off unless ``SEGOPS_FAST_DEBUG_LOCKS=1`` is in the environment when
-segops_fast is imported (the test suite sets it). Off, :func:`lock_held` returns the method
-itself and :func:`new_lock` a plain ``threading.Lock``: production pays nothing, and
+segops_fast is imported (the test suite sets it). Off, ``lock_held()`` returns the method
+itself and ``new_lock()`` a plain ``threading.Lock``: production pays nothing, and
 ``track()`` never reaches a guarded method anyway. On, the lock remembers which thread holds
 it, and a guarded method called without it raises ``AssertionError`` naming the method.
 
@@ -87,7 +87,7 @@ class OwnedLock:
 
 
 def new_lock() -> PipelineLock:
-    """The lock of one pipeline: checked when :data:`CHECKING`, else a plain lock."""
+    """The lock of one pipeline: checked when ``CHECKING``, else a plain lock."""
     return OwnedLock() if CHECKING else threading.Lock()
 
 

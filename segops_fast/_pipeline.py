@@ -5,15 +5,15 @@ delivery, counters, the buffer, the state holders, the cycle and the driver that
 and the sequences that must run in one order: asking for a flush, shutting down within a
 deadline, and stopping when the client is dropped. A fork replaces the whole pipeline,
 never mends it. It does not own the public API, the user's errors (the client maps the
-outcome of a shutdown to them), nor what a cycle does (:mod:`~segops_fast._cycle`).
+outcome of a shutdown to them), nor what a cycle does (``_cycle.py``).
 
 The drivers
 -----------
 Which thread runs the cycle is the driver's choice. Where Python threads run, a
-:class:`~segops_fast._flusher.Flusher` runs it in the background; in uWSGI without threads,
-and in the uWSGI master, an :class:`~segops_fast._inline.InlineSender` runs it on the
+``Flusher`` (``_flusher.py``) runs it in the background; in uWSGI without threads,
+and in the uWSGI master, an ``InlineSender`` (``_inline.py``) runs it on the
 caller's thread. Only the drivers and the cycle take the pipeline's lock (one lock, made by
-:func:`~segops_fast._locks.new_lock`); the state holders are guarded by it.
+``new_lock()``); the state holders are guarded by it.
 """
 
 from __future__ import annotations
@@ -175,9 +175,16 @@ class Pipeline:
         return self.cycle.surrender.failure
 
     @property
-    def untouched(self) -> bool:
-        """True until the first event is tracked."""
-        return self.buffer.taken == 0 and not len(self.buffer)
+    def outdated_by_gevent(self) -> bool:
+        """True if gevent has patched ``threading`` since this pipeline was built, and no
+        event has reached it yet: it must be built again, which loses nothing (no thread
+        of ours exists yet and nothing is queued), where using it would make greenlets wait
+        on native locks (see ``_concurrency.py``)."""
+        return (
+            self.greenlets != _concurrency.greenlets()
+            and self.buffer.taken == 0
+            and not len(self.buffer)
+        )
 
     def stats(self) -> Stats:
         return self.counters.snapshot(self.buffer.taken, len(self.buffer))

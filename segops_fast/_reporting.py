@@ -1,9 +1,9 @@
 """Telling the user: their callbacks, guarded, and reports that must not flood the log.
 
 This module owns the calls to ``on_error`` and ``on_drop`` (so that nothing they raise
-reaches our threads) and :class:`Throttle`, which lets a report repeated by a lasting
+reaches our threads) and ``Throttle``, which lets a report repeated by a lasting
 condition (a full queue, an API that cannot be reached) through at most once per interval.
-It does not own what the reports say, nor the counting of events (:mod:`~segops_fast._stats`).
+It does not own what the reports say, nor the counting of events (``_stats.py``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ This module owns the batches that wait outside the buffer, and the times they wa
 
 It keeps no lock and starts no thread: its state is guarded by the pipeline's lock, which
 the cycle and the drivers hold around every mutating call (checked with
-``SEGOPS_FAST_DEBUG_LOCKS=1``, see :mod:`~segops_fast._locks`). It does not own sending,
+``SEGOPS_FAST_DEBUG_LOCKS=1``, see ``_locks.py``). It does not own sending,
 the buffer, or flush requests.
 """
 

@@ -4,14 +4,14 @@ This module owns the three ways events are given up other than by their own atte
 
 * a final cycle that cannot reach the API gives up the batches held back;
 * at the shutdown deadline, everything not finished is given up as ``shutdown_deadline``
-  (:meth:`Surrender.abandon`), and what that gave up is kept for ``shutdown()``'s error;
+  (``Surrender.abandon()``), and what that gave up is kept for ``shutdown()``'s error;
 * a thread of ours that meets an exception nobody expected stops sending for good: every
   event held is given up as ``unexpected_error`` and the failure is kept, so that
   ``flush()`` and ``shutdown()`` raise from then on.
 
 It is a driver: it takes the pipeline's lock only through the cycle's methods, and calls
 the user's callbacks outside it. It does not own which batches are unfinished
-(:mod:`~segops_fast._ledger`), nor counting and reporting one given-up part (the cycle's
+(``_ledger.py``), nor counting and reporting one given-up part (the cycle's
 ``give_up``). The ordering exactly-once rests on here: the in-flight set is emptied (under
 the lock) before anything is handed to ``on_drop``, so a late answer is ignored.
 """

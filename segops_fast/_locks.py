@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from types import TracebackType
 from typing import Any, Callable, Protocol, TypeVar
 
 #: The environment variable that turns the check on (read once, at import).
@@ -38,12 +37,7 @@ class PipelineLock(Protocol):
 
     def __enter__(self) -> bool: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None: ...
+    def __exit__(self, *args: Any, **kwargs: Any) -> None: ...
 
 
 class OwnedLock:
@@ -70,12 +64,7 @@ class OwnedLock:
     def __enter__(self) -> bool:
         return self.acquire()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     def _is_owned(self) -> bool:

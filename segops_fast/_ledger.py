@@ -15,8 +15,8 @@ every event numbered below its target is *finished* (acknowledged or given up); 
 finished watermark is the lowest number still in flight or held back. Taken events not
 finished yet still count against the buffer's bound.
 
-The orderings that exactly-once rests on
-----------------------------------------
+The ledger's part in exactly-once
+---------------------------------
 * Every batch is registered before the first is sent (``Ledger.register()``): a flush
   asked for meanwhile must never see a gap and think later events finished.
 * ``Ledger.surrender()`` empties the in-flight set, so an answer that comes later for a

@@ -1,6 +1,7 @@
 """One sending cycle against a scripted delivery, on the test's own thread: the orderings
 that exactly-once rests on (every batch registered before the first is sent, batches let go
-of as they are sent, a late answer ignored after abandon). No server, no thread, no sleep."""
+of as they are sent, a late answer ignored after abandon), and the driver that runs it on
+the caller's thread (uWSGI without threads). No server, no thread, no sleep."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from segops_fast._batching import Batch
 from segops_fast._buffer import EventBuffer
 from segops_fast._cycle import Cycle
 from segops_fast._delivery import REASON_SHUTDOWN_DEADLINE, Attempted, Deadline, GivenUp
-from segops_fast._encoding import encode_event
+from segops_fast._encoding import Record, encode_event
 from segops_fast._flush_requests import FlushRequests
+from segops_fast._inline import InlineSender
 from segops_fast._ledger import Ledger
 from segops_fast._locks import OwnedLock
 from segops_fast._schedule import SendSchedule
@@ -20,6 +22,8 @@ from segops_fast._stats import DeliveryCounters
 
 #: Small enough that every few events make a batch of their own.
 MAX_BATCH_BYTES = 200
+#: The inline sender's batch.
+BATCH_SIZE = 4
 
 
 class _ScriptedDelivery:
@@ -63,7 +67,23 @@ class _Cycle:
 
     def track(self, count: int) -> None:
         for number in range(count):
-            assert self.buffer.append(encode_event("u", "e", None, {"i": number}, 10_000))
+            assert self.buffer.append(_event(number))
+
+    def inline(self) -> InlineSender:
+        return InlineSender(
+            cycle=self.cycle,
+            buffer=self.buffer,
+            batch_size=BATCH_SIZE,
+            flush_interval=3600.0,
+            deadline=self.deadline,
+        )
+
+    def sent(self) -> int:
+        return self.counters.snapshot(self.buffer.taken, len(self.buffer)).sent
+
+
+def _event(number: int) -> Record:
+    return encode_event("u", "e", None, {"i": number}, 10_000)
 
 
 def test_every_batch_is_registered_before_the_first_is_sent() -> None:
@@ -116,3 +136,39 @@ def test_an_answer_that_comes_after_abandon_is_ignored() -> None:
     # A second abandon gives up nothing more and reports the same count.
     assert held.cycle.surrender.abandon() == 6
     assert len(held.given_up) == len({part.first for part in held.given_up})
+
+
+def test_the_inline_sender_sends_a_due_batch_from_the_appending_thread() -> None:
+    held = _Cycle()
+    inline = held.inline()
+    senders: list[bool] = []
+    held.delivery.during = lambda batch: senders.append(inline.is_own_thread)
+    for number in range(BATCH_SIZE - 1):
+        assert inline.append(_event(number))
+    assert held.sent() == 0, "not due before batch_size events wait"
+    assert not inline.is_own_thread
+    assert inline.append(_event(BATCH_SIZE))
+    assert held.sent() == BATCH_SIZE
+    # While it sent, this thread was the sending one: its callbacks may not flush.
+    assert senders
+    assert all(senders)
+    assert not inline.is_own_thread
+
+
+def test_an_event_tracked_while_the_inline_sender_sends_waits_for_the_next_send() -> None:
+    held = _Cycle()
+    inline = held.inline()
+    held.track(BATCH_SIZE - 1)
+    tracked_while_sending: list[bool] = []
+
+    def track_a_batch_from_a_callback(batch: Batch) -> None:
+        if not tracked_while_sending:
+            tracked_while_sending.extend(inline.append(_event(99)) for _ in range(BATCH_SIZE))
+
+    held.delivery.during = track_a_batch_from_a_callback
+    assert inline.append(_event(BATCH_SIZE))
+    # A whole batch, due, but not sent from inside the send under way: it stays queued.
+    assert tracked_while_sending == [True] * BATCH_SIZE
+    assert (held.sent(), len(held.buffer)) == (BATCH_SIZE, BATCH_SIZE)
+    inline.drain(final=False)
+    assert (held.sent(), len(held.buffer)) == (2 * BATCH_SIZE, 0)

@@ -18,7 +18,7 @@ import pytest
 import segops_fast as segops
 from segops_fast._client import _undelivered_error
 from segops_fast._errors import MAX_ERROR_TEXT_CHARS
-from segops_fast._flusher import FlushRequest
+from segops_fast._flush_requests import FlushRequest
 from segops_fast.testing import LocalIngestServer
 
 from .conftest import MakeClient, assert_idle_invariant, track_numbered

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import orjson
 
-from segops_fast import _batching, _buffer, _delivery, _flusher
+from segops_fast import _batching, _buffer, _cycle, _delivery
 from segops_fast._encoding import Record
 
 #: What each counter holds: CPU nanoseconds of the step, over all cycles.
@@ -65,7 +65,7 @@ def install(path: str) -> None:
         return attempt(delivery, batch)
 
     _buffer.EventBuffer.take = counted_take  # type: ignore[method-assign, assignment]
-    _flusher.Flusher._batches = timed("cut", _flusher.Flusher._batches)  # type: ignore[method-assign]
+    _cycle.cut = timed("cut", _cycle.cut)  # type: ignore[assignment]
     _batching.Batch.render_body = timed("render", _batching.Batch.render_body)  # type: ignore[method-assign]
     _delivery.Delivery.attempt_batch = timed("attempt", counted_attempt)  # type: ignore[method-assign]
     atexit.register(

@@ -158,6 +158,13 @@ def wait_for_threads_started_since(
         assert not thread.is_alive(), f"{thread.name} still running after {timeout} s"
 
 
+def answered_ingest_requests(server: LocalIngestServer) -> int:
+    """Ingest requests the server handled and answered 2xx, or would have (stored, or
+    recognised by their key), with a secret key (no session mints)."""
+    summary = server.summary()
+    return summary["requests"] - summary["rejected_requests"] - summary["sessions_minted"]
+
+
 def wait_until_nothing_queued(client: segops.SegOpsClient, timeout: float = 5.0) -> None:
     """After a shutdown deadline the threads settle what they held; wait for that."""
     wait_until(lambda: client.stats().queued == 0, timeout)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,6 +40,7 @@ from segops_fast.testing import LocalIngestServer, ServerTLS
 from .conftest import (
     DEADLINE_MARGIN_SECONDS,
     MakeClient,
+    answered_ingest_requests,
     assert_accounted,
     assert_given_up_as_counted,
     our_threads,
@@ -278,7 +278,7 @@ def test_every_promise_holds_under(
     # ...and stays so when the requests it stopped waiting for are answered after all.
     wait_for_threads_started_since(threads_before)
     wait_until(
-        lambda: _answered_requests(server) >= stats.batches + fault.late_answers,
+        lambda: answered_ingest_requests(server) >= stats.batches + fault.late_answers,
         timeout=PATIENCE_FOR_DELIVERY,
     )
     assert client.stats() == stats
@@ -304,12 +304,6 @@ def test_every_promise_holds_under(
 
 def _stored(server: LocalIngestServer) -> set[int]:
     return {int(event["payload"]["i"]) for event in server.events}
-
-
-def _answered_requests(server: LocalIngestServer) -> int:
-    """Ingest requests the server answered 2xx (stored, or recognised by their key)."""
-    summary: Mapping[str, int] = server.summary()
-    return summary["requests"] - summary["rejected_requests"] - summary["sessions_minted"]
 
 
 def _record_posting_threads(monkeypatch: pytest.MonkeyPatch) -> set[int]:

@@ -21,6 +21,8 @@ def test_an_empty_schedule_holds_nothing_and_nothing_is_due() -> None:
     assert not schedule
     assert schedule.held_events() == 0
     assert schedule.seconds_until_retry(100.0) is None
+    assert schedule.seconds_until_unsent_due(0.0) == 0.0
+    assert schedule.seconds_paused(0.0) == 0.0
     assert schedule.take_due(100.0, unsent_too=True) == []
     assert not schedule.waiting_for_api
     assert schedule.unavailable_error is None
@@ -59,6 +61,21 @@ def test_batches_the_api_could_not_take_wait_together_and_come_first() -> None:
     assert schedule.take_due(200.0, unsent_too=True) == [first, second, retry]
     assert not schedule.waiting_for_api
     assert schedule.unavailable_error is None
+    assert not schedule
+    # The API fails again: held again, alone.
+    third = batch(1, "c", 4)
+    schedule.hold_unsent([third], error, now=300.0)
+    assert schedule.take_due(400.0, unsent_too=True) == [third]
+
+
+def test_it_holds_something_while_either_kind_of_batch_waits() -> None:
+    retrying, unsent = SendSchedule(INTERVAL), SendSchedule(INTERVAL)
+    retrying.retry_later([_retrying(0, 10.0)])
+    unsent.hold_unsent([batch(1)], OSError("down"), now=0.0)
+    assert retrying
+    assert unsent
+    assert not retrying.waiting_for_api
+    assert unsent.waiting_for_api
 
 
 def test_a_pause_only_ever_grows() -> None:

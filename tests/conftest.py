@@ -179,11 +179,11 @@ def wait_until_nothing_queued(client: segops.SegOpsClient, timeout: float = 5.0)
 
 
 def assert_idle_invariant(stats: segops.Stats) -> None:
-    """The client is idle: nothing queued, no counter negative, and so each event counted
-    in exactly one outcome (a double count would leave ``queued`` below zero)."""
-    assert stats.queued == 0, stats
+    """No counter is negative, so no event is counted in two outcomes (a double count
+    leaves ``queued`` below zero), and the counters add up. Idle means ``queued == 0`` too:
+    :func:`assert_accounted` checks that, with the number of events tracked."""
     assert _negative_counters(stats) == [], stats
-    assert stats.enqueued == stats.sent + stats.dropped + stats.failed, stats
+    assert stats.enqueued == stats.sent + stats.dropped + stats.failed + stats.queued, stats
 
 
 def assert_accounted(
@@ -194,9 +194,10 @@ def assert_accounted(
     dropped: int | None = None,
     failed: int | None = None,
 ) -> None:
-    """Idle, every one of the ``tracked`` events counted once, and where the test knows
-    them, the outcome counts exactly."""
+    """Idle (nothing queued), every one of the ``tracked`` events counted in exactly one
+    outcome, and where the test knows them, the outcome counts exactly."""
     assert_idle_invariant(stats)
+    assert stats.queued == 0, stats
     assert stats.enqueued == tracked, stats
     expected = {"sent": sent, "dropped": dropped, "failed": failed}
     actual = {name: getattr(stats, name) for name, value in expected.items() if value is not None}

@@ -36,6 +36,15 @@ def test_a_body_is_filled_to_the_limit_not_cut_short() -> None:
     assert [len(part) for part in assemble_batches(events[:6], three - 1)] == [2, 2, 2]
 
 
+def test_events_with_their_own_timestamp_fill_a_body_to_the_limit_too() -> None:
+    events = [
+        encode_event("u", "e", "2026-01-01T00:00:00Z", {"i": number}, 1 << 20)
+        for number in range(9)
+    ]
+    three = len(Batch(events[:3], "k").render_body())
+    assert [len(part) for part in assemble_batches(events, three)] == [3, 3, 3]
+
+
 def test_events_with_their_own_timestamp_are_cut_to_fit_too() -> None:
     events = [
         encode_event("u", "e", "2026-01-01T00:00:00Z", {"i": number}, 1 << 20)

@@ -3,6 +3,9 @@ thread: the producers' and the consumer's sides in turn)."""
 
 from __future__ import annotations
 
+import pytest
+
+from segops_fast import _buffer
 from segops_fast._buffer import EventBuffer
 
 from .fakes import records
@@ -87,6 +90,48 @@ def test_a_busy_consumer_is_woken_again_past_the_high_water_mark() -> None:
     assert held.wakes == 1
     held.buffer.append(records(1)[0])  # the eleventh, past half of 20
     assert held.wakes == 2
+
+
+def test_a_closed_empty_buffer_refuses_the_next_append() -> None:
+    held = Buffer(100)
+    held.buffer.close()
+    assert not held.buffer.append(records(1)[0])
+    assert len(held.buffer) == 0
+
+
+def test_holding_as_many_events_as_the_bound_leaves_no_room() -> None:
+    held = Buffer(4)
+    held.buffer.hold(4)
+    assert not held.buffer.append(records(1)[0])
+    held.buffer.hold(6)
+    assert not held.buffer.append(records(1)[0])
+
+
+def test_the_high_water_mark_stays_half_the_bound_after_holding() -> None:
+    held = Buffer(21, batch_size=100)
+    held.buffer.hold(0)
+    held.buffer.append(records(1)[0])
+    held.buffer.disarm()
+    for event in records(9):
+        held.buffer.append(event)
+    assert held.wakes == 1
+    held.buffer.append(records(1)[0])  # the eleventh, past half of 21 (10)
+    assert held.wakes == 2
+
+
+def test_a_producer_past_the_high_water_mark_yields_once_to_the_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(_buffer.time, "sleep", sleeps.append)
+    held = Buffer(20, batch_size=10)
+    held.buffer.arm(first_event=False)
+    for event in records(10):
+        held.buffer.append(event)
+    # Half full: the tenth event woke the consumer, and nobody yielded.
+    assert (held.wakes, sleeps) == (1, [])
+    held.buffer.append(records(1)[0])
+    assert sleeps == [0]
 
 
 def test_a_closed_buffer_refuses_every_append_and_keeps_what_it_had() -> None:

@@ -48,7 +48,13 @@ def test_expiring_it_now_passes_it_but_keeps_the_time_that_was_set() -> None:
     # The requests under way may still use the time that was set.
     time_left = deadline.time_left()
     assert time_left is not None
-    assert time_left > 29.0
+    assert 29.0 < time_left <= 30.0
+
+
+def test_no_time_is_left_once_the_moment_set_has_come() -> None:
+    deadline = Deadline()
+    deadline.set(0.0)
+    assert deadline.time_left() == 0.0
 
 
 def test_a_wait_that_would_outlast_the_deadline_gives_up_at_once() -> None:

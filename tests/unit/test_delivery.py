@@ -168,7 +168,7 @@ def test_401_for_a_secret_key_fails_at_once_without_showing_the_key() -> None:
 
 @pytest.mark.parametrize("status", [400, 403, 404])
 def test_a_refusal_fails_the_batch_at_once(status: int) -> None:
-    delivery, transport, counters = _delivery([Response(status, b"no")])
+    delivery, transport, counters = _delivery([Response(status, b"the detail")])
     attempted = delivery.attempt_batch(batch(4))
     (given_up,) = attempted.given_up
     assert (given_up.reason, given_up.error.status, given_up.error.undelivered) == (
@@ -176,6 +176,10 @@ def test_a_refusal_fails_the_batch_at_once(status: int) -> None:
         status,
         4,
     )
+    # The server's answer is kept and shown; the key has nothing to do with it.
+    assert given_up.error.body == "the detail"
+    assert "the detail" in str(given_up.error)
+    assert SECRET_KEY[-4:] not in str(given_up.error)
     assert (len(transport.requests), counters.retried, attempted.to_retry) == (1, 0, [])
 
 
@@ -358,14 +362,17 @@ def test_a_single_event_gives_up_after_max_retries() -> None:
 
 
 def test_a_single_event_refused_fails_at_once() -> None:
-    delivery, transport, _ = _delivery([Response(400, b"bad")])
+    delivery, transport, _ = _delivery([Response(400, b"user_id is missing")])
     given_up = delivery.deliver_single(b"{}", "k")
     assert given_up is not None
-    assert (given_up.reason, given_up.error.status, len(transport.requests)) == (
+    assert (given_up.reason, given_up.events, len(transport.requests)) == (
         REASON_FAILED,
-        400,
+        [b"{}"],
         1,
     )
+    assert (given_up.error.status, given_up.error.undelivered) == (400, 1)
+    assert given_up.error.body == "user_id is missing"
+    assert "user_id is missing" in str(given_up.error)
 
 
 @pytest.mark.parametrize(
@@ -382,7 +389,20 @@ def test_a_single_event_that_cannot_be_sent_says_whether_the_server_may_have_it(
     assert given_up is not None
     # Never sent: failed. Sent once without an answer: the server may have it.
     expected = REASON_RETRIES_EXHAUSTED if reason == "maybe stored" else REASON_FAILED
-    assert given_up.reason == expected
+    assert (given_up.reason, given_up.events, given_up.error.undelivered) == (expected, [b"{}"], 1)
+    # The error names why nothing could be sent.
+    assert "refused" in str(given_up.error)
+
+
+def test_a_single_event_once_unanswered_stays_maybe_stored_after_later_answers() -> None:
+    delivery, _, _ = _delivery(
+        [TransportError("reset"), Response(503, b""), UnreachableError("refused")],
+        max_retries=3,
+        **INSTANT,
+    )
+    given_up = delivery.deliver_single(b"{}", "k")
+    assert given_up is not None
+    assert given_up.reason == REASON_RETRIES_EXHAUSTED
 
 
 def test_a_single_events_retry_that_would_outlast_the_deadline_gives_up_at_once() -> None:
@@ -393,5 +413,6 @@ def test_a_single_events_retry_that_would_outlast_the_deadline_gives_up_at_once(
     )
     given_up = delivery.deliver_single(b"{}", "k")
     assert given_up is not None
-    assert given_up.reason == REASON_SHUTDOWN_DEADLINE
+    assert (given_up.reason, given_up.events) == (REASON_SHUTDOWN_DEADLINE, [b"{}"])
+    assert (given_up.error.status, given_up.error.undelivered) == (503, 1)
     assert len(transport.requests) == 1

@@ -76,6 +76,8 @@ def test_halves_split_the_events_and_derive_their_keys_and_numbers() -> None:
     assert _numbers(first.render_body()) + _numbers(second.render_body()) == [10, 11, 12, 13, 14]
     # A fresh batch: no retries spent, nothing unanswered.
     assert (second.retries, second.maybe_stored) == (0, False)
+    # A batch not numbered yet starts at 0.
+    assert [half.first for half in Batch(records(3), "k").halves()] == [0, 1]
 
 
 def test_a_batchs_events_are_each_complete_json_objects_in_order() -> None:

@@ -107,9 +107,11 @@ def test_holding_as_many_events_as_the_bound_leaves_no_room() -> None:
     assert not held.buffer.append(records(1)[0])
 
 
-def test_the_high_water_mark_stays_half_the_bound_after_holding() -> None:
+@pytest.mark.parametrize("after_holding", [False, True])
+def test_the_high_water_mark_is_half_the_bound(after_holding: bool) -> None:
     held = Buffer(21, batch_size=100)
-    held.buffer.hold(0)
+    if after_holding:
+        held.buffer.hold(0)
     held.buffer.append(records(1)[0])
     held.buffer.disarm()
     for event in records(9):

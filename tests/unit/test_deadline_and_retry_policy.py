@@ -35,6 +35,7 @@ def test_a_deadline_counts_down_from_when_it_was_set() -> None:
 def test_a_deadline_of_zero_has_passed() -> None:
     deadline = Deadline()
     deadline.set(0.0)
+    assert deadline.remaining() == 0.0
     assert deadline.passed()
     assert deadline.remaining() == 0.0
 

@@ -113,6 +113,38 @@ def test_413_halves_the_batch_until_each_part_fits_in_order_with_derived_keys() 
     assert len(transport.requests) == 7
 
 
+def test_413_splits_a_batch_of_two() -> None:
+    delivery, _, _ = _delivery([_too_large_above(1)])
+    attempted = delivery.attempt_batch(batch(2, "k"))
+    assert [events for events, _ in attempted.acknowledged] == [1, 1]
+    assert attempted.given_up == []
+
+
+def test_each_half_goes_its_own_way() -> None:
+    # The whole is too large; its first half is answered 503, its second stored.
+    delivery, _, _ = _delivery([Response(413, b""), Response(503, b""), OK])
+    attempted = delivery.attempt_batch(batch(4, "k"))
+    assert [(part.idempotency_key, part.first) for part in attempted.to_retry] == [("k.0", 0)]
+    assert [events for events, _ in attempted.acknowledged] == [2]
+
+
+def test_the_deadline_passing_between_halves_gives_up_every_one_left() -> None:
+    deadline = Deadline()
+
+    def too_large_and_out_of_time(body: bytes) -> Response:
+        deadline.expire_now()
+        return Response(413, b"")
+
+    delivery, transport, _ = _delivery([too_large_and_out_of_time], deadline=deadline)
+    attempted = delivery.attempt_batch(batch(4, "k"))
+    assert [(part.reason, part.first, len(part.events)) for part in attempted.given_up] == [
+        (REASON_SHUTDOWN_DEADLINE, 0, 2),
+        (REASON_SHUTDOWN_DEADLINE, 2, 2),
+    ]
+    assert all("deadline" in str(part.error) for part in attempted.given_up)
+    assert len(transport.requests) == 1
+
+
 def test_413_for_a_single_event_fails_it_and_delivers_the_rest() -> None:
     def refuse_event_3(body: bytes) -> Response:
         numbers = [event["payload"]["i"] for event in orjson.loads(body)["events"]]
@@ -132,7 +164,10 @@ def test_413_for_a_single_event_fails_it_and_delivers_the_rest() -> None:
 
 def test_401_on_a_session_token_mints_once_more_and_sends_again() -> None:
     delivery, transport, _ = _delivery([Response(401, b"expired"), OK], session=True)
-    attempted = delivery.attempt_batch(batch(3))
+    attempted = delivery.attempt_batch(batch(3, "the-key"))
+    assert {request.headers["Idempotency-Key"] for request in transport.to(BATCH_PATH)} == {
+        "the-key"
+    }
     assert attempted.acknowledged == [(3, len(transport.to(BATCH_PATH)[-1].body))]
     assert len(transport.to(SESSION_PATH)) == 2
     assert [request.headers["Authorization"] for request in transport.to(BATCH_PATH)] == [
@@ -212,6 +247,9 @@ def test_retries_run_out_after_max_retries_as_retries_exhausted() -> None:
         True,
     )
     assert (counters.retried, pending.retries, len(transport.requests)) == (2, 2, 3)
+    # The last answer, kept for the caller.
+    assert (given_up.error.status, given_up.error.body) == (503, "busy")
+    assert "busy" in str(given_up.error)
     # Every attempt carried the batch's one key.
     assert {request.headers["Idempotency-Key"] for request in transport.requests} == {"key"}
 
@@ -315,6 +353,7 @@ def test_after_the_deadline_nothing_is_sent_and_the_batch_is_given_up() -> None:
         False,
         3,
     )
+    assert "deadline" in str(given_up.error)
     assert transport.requests == []
 
 
@@ -350,9 +389,12 @@ def test_a_single_event_is_retried_then_acknowledged_and_counted() -> None:
 
 
 def test_a_single_event_gives_up_after_max_retries() -> None:
-    delivery, transport, counters = _delivery([Response(503, b"")], max_retries=2, **INSTANT)
+    delivery, transport, counters = _delivery(
+        [Response(503, b"overloaded")], max_retries=2, **INSTANT
+    )
     given_up = delivery.deliver_single(b"{}", "k")
     assert given_up is not None
+    assert (given_up.error.status, given_up.error.body) == (503, "overloaded")
     assert (given_up.reason, given_up.events, given_up.error.undelivered) == (
         REASON_RETRIES_EXHAUSTED,
         [b"{}"],
@@ -403,6 +445,14 @@ def test_a_single_event_once_unanswered_stays_maybe_stored_after_later_answers()
     given_up = delivery.deliver_single(b"{}", "k")
     assert given_up is not None
     assert given_up.reason == REASON_RETRIES_EXHAUSTED
+
+
+def test_a_single_event_never_answered_says_so() -> None:
+    delivery, _, _ = _delivery([TransportError("connection reset")], max_retries=1, **INSTANT)
+    given_up = delivery.deliver_single(b"{}", "k")
+    assert given_up is not None
+    assert given_up.reason == REASON_RETRIES_EXHAUSTED
+    assert "connection reset" in str(given_up.error)
 
 
 def test_a_single_events_retry_that_would_outlast_the_deadline_gives_up_at_once() -> None:

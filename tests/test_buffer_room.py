@@ -27,9 +27,10 @@ def _waiting_producers(
     answers: list[bool] = []
 
     def wait() -> None:
-        answers.append(buffer.wait_for_room(DEADLINE_MARGIN_SECONDS * 4))
+        # No timeout: only a wake-up lets it return (daemon, should that never come).
+        answers.append(buffer.wait_for_room(None))
 
-    producers = [threading.Thread(target=wait) for _ in range(count)]
+    producers = [threading.Thread(target=wait, daemon=True) for _ in range(count)]
     for producer in producers:
         producer.start()
     wait_until(lambda: buffer._producers_waiting_for_room == count)

@@ -5,7 +5,7 @@
     python bench/app_overhead.py --rounds 2 --servers uvicorn --rows segops_fast
 
 Real servers, one worker each: gunicorn's sync worker, gunicorn's gthread worker (4
-threads) and uvicorn (``bench/app_servers.py``). Each serves a minimal app
+threads) and uvicorn (``bench/harness/app_servers.py``). Each serves a minimal app
 (``bench/apps/``) that answers ``ok`` after tracking N events per request (N = 1 and 10)
 through one row's client, with that client's own default settings. The rows
 (``bench/apps/tracking.py``): ``none`` (no analytics), ``floor`` (an empty function of
@@ -31,7 +31,7 @@ server is stopped gracefully (SIGTERM: clients flush as they do at exit; the pee
 documentation asks for an explicit shutdown get one), and each ingest server counts the
 events stored (total and distinct) and the requests received.
 
-Placement (``bench/placement.py``): the app servers on one CPU; the ingest servers, wrk
+Placement (``bench/harness/placement.py``): the app servers on one CPU; the ingest servers, wrk
 and this script on the other, wrk at a real-time priority where it may have one (see
 ``bench/wrk.py``: the ingest server stands in for another machine and must not delay the
 load).
@@ -49,22 +49,21 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import orjson
-import wrk
-from app_servers import SERVERS, AppServer, RunningApp, serving
 from apps.tracking import DELIVERING_ROWS, ESSENCE, NONE, POSTHOG, ROWS, SEGMENT, SEGOPS
-from clients import SEGOPS_FAST
-from placement import describe, on_cpus, server_and_client_cpus
-from proc_usage import process_cpu_seconds
+from harness import wrk
+from harness.app_servers import SERVERS, AppServer, RunningApp
+from harness.clients import SEGOPS_FAST
+from harness.load import settle, take_turns, warm_apps
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.proc_usage import process_cpu_seconds
+from harness.results import RESULTS, write_results
 
 from segops_fast.testing import IngestServerProcess
 
-RESULTS = Path(__file__).parent / "results"
 PEERS = (SEGOPS, SEGMENT, POSTHOG)
 DEFAULT_EVENTS_PER_REQUEST = (1, 10)
 
@@ -72,26 +71,6 @@ DEFAULT_EVENTS_PER_REQUEST = (1, 10)
 EXTRA_LOSS_POINTS_AT_ONE_EVENT = 0.5
 P99_RATIO_AT_ONE_EVENT = 1.10
 LOSS_RATIO_AT_TEN_EVENTS = 1.2
-
-#: Waiting for a worker to be quiet after a window (:func:`settle`): quiet means less than
-#: one clock tick of CPU (``/proc`` counts in ticks of 10 ms) in a step.
-SETTLE_STEP = 0.2
-QUIET_CPU_SECONDS = 0.01
-SETTLE_AT_MOST = 30.0
-
-
-def settle(pid: int) -> float:
-    """Wait until process ``pid`` is quiet (see the module's docstring for what that
-    misses); return how long that took."""
-    began = time.monotonic()
-    last = process_cpu_seconds(pid)
-    while time.monotonic() - began < SETTLE_AT_MOST:
-        time.sleep(SETTLE_STEP)
-        now = process_cpu_seconds(pid)
-        if now - last < QUIET_CPU_SECONDS:
-            break
-        last = now
-    return time.monotonic() - began
 
 
 def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
@@ -110,57 +89,6 @@ def _window(app: RunningApp, seconds: float) -> dict[str, Any]:
         "cpu_us_per_request": cpu_seconds / load.requests * 1e6 if load.requests else 0.0,
         "settle_seconds": settle_seconds,
     }
-
-
-@contextlib.contextmanager
-def warm_apps(
-    server: AppServer,
-    ingest_urls: dict[str, str],
-    events_per_request: int,
-    warmup: float,
-    app_cpus: set[int] | None,
-) -> Iterator[dict[str, RunningApp]]:
-    """An app server for each row of ``ingest_urls`` (sending to its URL), started together
-    on ``app_cpus``, each warmed up with ``warmup`` seconds of load and quiet again; each
-    is stopped at the end of the block unless it was already."""
-    with contextlib.ExitStack() as stack:
-        apps: dict[str, RunningApp] = {}
-        with on_cpus(app_cpus):
-            for row, url in ingest_urls.items():
-                apps[row] = stack.enter_context(serving(server, row, events_per_request, url))
-        for app in apps.values():
-            wrk.run(app.url + "/", warmup)
-            settle(app.worker_pid)
-        yield apps
-
-
-def take_turns(
-    apps: dict[str, RunningApp],
-    rounds: int,
-    window: Callable[[RunningApp], dict[str, Any]],
-    label: str,
-) -> dict[str, list[dict[str, Any]]]:
-    """``rounds`` rounds of one ``window`` per row, in an order that rotates; each row's
-    windows in the order taken. ``window`` returns at least ``requests`` and
-    ``requests_per_second``."""
-    windows: dict[str, list[dict[str, Any]]] = {row: [] for row in apps}
-    for round_number in range(rounds):
-        for row in rotated(list(apps), round_number):
-            measured = window(apps[row])
-            if measured["requests"] == 0:
-                # Seen once: gunicorn's sync worker answered nothing for a whole window,
-                # with no error at wrk; a stall, not a figure of the row.
-                print(f"{label} {row}: no request answered; measuring again",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                measured = {**window(apps[row]), "retried": True}
-            windows[row].append(measured)
-            print(
-                f"round {round_number + 1}/{rounds} {label} {row}:"
-                f" {measured['requests_per_second']:,.0f} requests/s",
-                file=sys.stderr,
-                flush=True,
-            )
-    return windows
 
 
 def measure_cell(
@@ -199,12 +127,6 @@ def measure_cell(
         print(f"{server.name} {events_per_request}/request {row}: stored {stored['events']:,}"
               f" of {tracked[row]:,}", file=sys.stderr, flush=True)  # fmt: skip
     return results
-
-
-def rotated(rows: list[str], round_number: int) -> list[str]:
-    """The rows in an order that starts one later each round: no row is always first."""
-    shift = round_number % len(rows)
-    return rows[shift:] + rows[:shift]
 
 
 @dataclass(frozen=True)
@@ -503,14 +425,7 @@ def main() -> None:
     )
     results = run_cells(plan)
     results["wall_seconds"] = time.monotonic() - began
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "app_overhead.json").write_bytes(
-        orjson.dumps(results, option=orjson.OPT_INDENT_2)
-    )
-    report = markdown(results)
-    (arguments.out / "app_overhead.md").write_text(report)
-    chart(results, arguments.out / "app_overhead.png")
-    print(report)
+    write_results(arguments.out, "app_overhead", markdown(results), results, chart)
 
 
 if __name__ == "__main__":

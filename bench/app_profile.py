@@ -1,6 +1,6 @@
 """Where segops_fast's cost goes inside a web app: per thread, and per step of delivery.
 
-    python bench/app_profile.py                 # about 4 minutes; writes results/app_profile.txt
+    python bench/app_profile.py                 # about 4 minutes; writes results/app_profile.md
     python bench/app_profile.py --server gunicorn-gthread --events-per-request 1
 
 Runs three rows of ``bench/app_overhead.py`` (none, essence, segops_fast), and
@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import orjson
-import wrk
-from app_overhead import RESULTS, settle, take_turns, warm_apps
-from app_servers import SERVERS, RunningApp
 from apps.tracking import ESSENCE, FLUSHER_PROFILE_VARIABLE, NONE, SEGOPS_FAST_HELD
-from clients import SEGOPS_FAST
-from placement import describe, on_cpus, server_and_client_cpus
-from proc_usage import cpu_seconds_by_thread
+from harness import wrk
+from harness.app_servers import SERVERS, RunningApp
+from harness.clients import SEGOPS_FAST
+from harness.load import settle, take_turns, warm_apps
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.proc_usage import cpu_seconds_by_thread
+from harness.results import RESULTS, preformatted, write_results
 
 from segops_fast.testing import IngestServerProcess
 
@@ -170,10 +171,7 @@ def main() -> None:
     results = measure(
         arguments.server, arguments.events_per_request, arguments.seconds, arguments.rounds
     )
-    text = report(results)
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "app_profile.txt").write_text(text)
-    print(text)
+    write_results(arguments.out, "app_profile", preformatted(report(results)))
 
 
 if __name__ == "__main__":

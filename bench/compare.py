@@ -42,20 +42,20 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
-from clients import (
+from harness.clients import (
     BUILDERS,
     NO_OP,
     SEGOPS_FAST,
-    Call,
-    CallBuilder,
     Client,
     run_fresh,
     segops_fast_with,
 )
-from placement import describe, on_cpus, server_and_client_cpus
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.results import RESULTS, write_results
+from harness.timing import latency_figures, payloads, time_each_call
 
 import segops_fast
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
@@ -64,41 +64,6 @@ SEGOPS_FAST_TLS = "segops_fast over TLS"
 IN_FLIGHT_SETTINGS = (1, 2, 4, 8)
 IN_FLIGHT_LATENCY = 0.020
 QUEUED_FOR_MEMORY = 100_000
-RESULTS = Path(__file__).parent / "results"
-
-
-def payloads(event_type: str, count: int, call: CallBuilder) -> list[Call]:
-    """The workload: ``count`` events of ``event_type``, user ids cycling over 1,000."""
-    return [call(f"user-{i % 1000}", event_type, {"path": "/home", "i": i}) for i in range(count)]
-
-
-def _percentile(sorted_values: list[int], fraction: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))] / 1000
-
-
-# -- what runs in each fresh process -----------------------------------------------------------
-
-
-def time_each_call(track: Callable[..., object], calls: list[Call]) -> list[int]:
-    """How long each ``track(*args, **kwargs)`` took, in nanoseconds, sorted."""
-    clock = time.perf_counter_ns
-    durations = [0] * len(calls)
-    for index, (args, kwargs) in enumerate(calls):
-        began = clock()
-        track(*args, **kwargs)
-        durations[index] = clock() - began
-    durations.sort()
-    return durations
-
-
-def latency_figures(durations: list[int]) -> dict[str, float]:
-    """Mean and percentiles, in microseconds, of sorted durations in nanoseconds."""
-    return {
-        "mean_us": sum(durations) / len(durations) / 1000,
-        "p50_us": _percentile(durations, 0.50),
-        "p99_us": _percentile(durations, 0.99),
-        "p999_us": _percentile(durations, 0.999),
-    }
 
 
 def measure_client(name: str, url: str, events: int) -> dict[str, Any]:
@@ -387,14 +352,7 @@ def main() -> None:
     )
     arguments = parser.parse_args()
     results = compare(arguments.events, arguments.rounds, arguments.tls)
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "comparison.json").write_bytes(
-        orjson.dumps(results, option=orjson.OPT_INDENT_2)
-    )
-    report = markdown(results)
-    (arguments.out / "comparison.md").write_text(report)
-    chart(results, arguments.out / "comparison.png")
-    print(report)
+    write_results(arguments.out, "comparison", markdown(results), results, chart)
 
 
 def measure(mode: str, url: str, arguments: list[str]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from placement import describe, on_cpus, server_and_client_cpus
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.results import RESULTS, write_results
 
 import segops_fast
 from segops_fast import _transport
@@ -35,7 +36,6 @@ from segops_fast._batching import assemble_batches
 from segops_fast._encoding import encode_event
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
 
-RESULTS = Path(__file__).parent / "results"
 #: No compression, level 1 (the client's), and zlib's default level.
 ZLIB_DEFAULT_LEVEL = 6
 LEVELS: tuple[int | None, ...] = (None, 1, ZLIB_DEFAULT_LEVEL)
@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="events per run")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS / "compression.md")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     arguments = parser.parse_args()
     lines = [
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {arguments.events:,} events.",
@@ -180,9 +180,7 @@ def main() -> None:
         label = "none" if level is None else f"gzip level {level}"
         lines.append(f"| {name} | {label} | {rate:,.0f} | {cpu:.2f} us |")
     report = "\n".join(lines) + "\n"
-    arguments.out.parent.mkdir(parents=True, exist_ok=True)
-    arguments.out.write_text(report)
-    print(report)
+    write_results(arguments.out, "compression", report)
 
 
 if __name__ == "__main__":

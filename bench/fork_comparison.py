@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import orjson
-from clients import BUILDERS, NO_OP, run_fresh
+from harness.clients import BUILDERS, NO_OP, run_fresh
 
 from segops_fast.testing import IngestServerProcess
 

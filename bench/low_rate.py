@@ -5,7 +5,7 @@
     python bench/low_rate.py --seconds 5 --idle-seconds 15 --clients segops_fast
 
 Each measurement runs in a fresh process, on the clients' CPU (the LocalIngestServer has
-the other one; see ``bench/placement.py``), with the client's own default settings. The
+the other one; see ``bench/harness/placement.py``), with the client's own default settings. The
 process creates the client, tracks one event and flushes (so that every thread the
 client starts is running), waits a second for those threads to settle, then, for the
 measured window:
@@ -14,7 +14,7 @@ measured window:
   ``--seconds``, sleeping until each event is due;
 * idle: tracks nothing for ``--idle-seconds``.
 
-The no-op floor (``bench/clients.py``) runs the same loop as the baseline. Reported:
+The no-op floor (``bench/harness/clients.py``) runs the same loop as the baseline. Reported:
 
 * CPU per event, whole process minus the baseline's: what the client adds, track()
   on the caller's thread included (``time.process_time``);
@@ -46,15 +46,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, run_fresh
-from placement import describe, on_cpus, server_and_client_cpus
-from proc_usage import context_switches
-from processes import started
+from harness.clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, run_fresh
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.proc_usage import context_switches
+from harness.results import RESULTS, write_results
 
 import segops_fast
 from segops_fast.testing import IngestServerProcess
+from segops_fast.testing._app_servers import started
 
-RESULTS = Path(__file__).parent / "results"
 PACED, IDLE = "paced", "idle"
 #: The measured clients' short names on the command line, and the rows they make.
 CLIENT_NAMES = {
@@ -371,11 +371,7 @@ def main() -> None:
         arguments.idle_seconds,
         arguments.rounds,
     )
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "low_rate.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    report = markdown(results)
-    (arguments.out / "low_rate.md").write_text(report)
-    print(report)
+    write_results(arguments.out, "low_rate", markdown(results), results)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ from collections import deque
 from typing import Any
 
 import orjson
-from clients import BUILDERS, NO_OP, keywords
-from compare import latency_figures, payloads, time_each_call
-from placement import describe, on_cpus, server_and_client_cpus
-from proc_usage import cpu_seconds_by_thread, process_cpu_seconds
+from harness.clients import BUILDERS, NO_OP, keywords
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.proc_usage import cpu_seconds_by_thread, process_cpu_seconds
+from harness.timing import latency_figures, payloads, time_each_call
 
 import segops_fast
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess

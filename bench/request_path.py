@@ -1,6 +1,6 @@
 """What one batch request costs the sending thread, by how it is sent.
 
-    python bench/request_path.py       # about 30 s; writes bench/results/request_path.txt
+    python bench/request_path.py       # about 30 s; writes bench/results/request_path.md
 
 One body of 1,000 rendered events (as segops_fast sends them, about 130 KB), POSTed to a
 LocalIngestServer process on the other CPU over one keep-alive connection, three ways:
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 import urllib3
-from placement import describe, on_cpus, server_and_client_cpus
+from harness.placement import describe, on_cpus, server_and_client_cpus
+from harness.results import RESULTS, preformatted, write_results
 
 from segops_fast._batching import Batch
 from segops_fast._delivery import BATCH_PATH
@@ -33,7 +34,6 @@ from segops_fast._encoding import encode_event
 from segops_fast._options import DEFAULT_MAX_EVENT_BYTES
 from segops_fast.testing import DEFAULT_SECRET_KEY, IngestServerProcess
 
-RESULTS = Path(__file__).parent / "results"
 EVENTS_PER_BODY = 1_000
 
 
@@ -138,10 +138,7 @@ def main() -> None:
         cpu = statistics.median(figure[0] for figure in rounds)
         wall = statistics.median(figure[1] for figure in rounds)
         lines.append(f"{name:30s} {cpu:10.0f} us   {wall:12.0f} us")
-    text = "\n".join(lines) + "\n"
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "request_path.txt").write_text(text)
-    print(text)
+    write_results(arguments.out, "request_path", preformatted("\n".join(lines)))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ microsecond; a background thread sends batches over a pooled connection.
 
 from ._client import SegOpsClient
 from ._errors import InvalidEventError, SegOpsApiError
+from ._hooks import BeforeSend, chain_before_send, sample_by_user
+from ._serverless import flush_after
 from ._signing import sign_user_id
 from ._stats import Stats
 from ._types import Context, Event, UserContext
 from ._version import __version__
 
 __all__ = [
+    "BeforeSend",
     "Context",
     "Event",
     "InvalidEventError",
@@ -26,5 +29,8 @@ __all__ = [
     "Stats",
     "UserContext",
     "__version__",
+    "chain_before_send",
+    "flush_after",
+    "sample_by_user",
     "sign_user_id",
 ]

@@ -26,7 +26,15 @@ _STAMPED_COST = 2 + RENDERED_TIMESTAMP_BYTES
 class Batch:
     """Events bound for one request, with the key every attempt of that request carries."""
 
-    __slots__ = ("first", "idempotency_key", "maybe_stored", "records", "retries", "retry_at")
+    __slots__ = (
+        "first",
+        "idempotency_key",
+        "last_error",
+        "maybe_stored",
+        "records",
+        "retries",
+        "retry_at",
+    )
 
     def __init__(self, records: list[Record], idempotency_key: str, first: int = 0) -> None:
         self.records = records
@@ -39,6 +47,8 @@ class Batch:
         #: Retries spent so far, and when (``time.monotonic()``) the next one is due.
         self.retries = 0
         self.retry_at = 0.0
+        #: Why its last attempt failed, if one did: the cause a later give-up reports.
+        self.last_error: BaseException | None = None
 
     def render_body(self) -> bytes:
         """The request body. Built when it is about to be sent, and not kept: while the API

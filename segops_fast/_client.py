@@ -1,17 +1,18 @@
 """``SegOpsClient``: the public face, wired to one delivery pipeline per process.
 
 This module owns the public API (the reference SDK's, plus bounded queues, dead letters
-and stats), the full-queue and after-shutdown policies, the user's callbacks, and
-replacing the whole pipeline in a forked child. Encoding, buffering, sending and
-retrying live in their own modules; this one only connects them.
+and stats), the inline fast path of ``track()``, the errors ``flush()`` and ``shutdown()``
+raise, and replacing the whole pipeline in a forked child. Building the pipeline and the
+order of its shutdown (:mod:`~segops_fast._pipeline`), the full-queue policy
+(:mod:`~segops_fast._backpressure`), encoding, buffering, sending and retrying live in
+their own modules; this one only connects them.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import time
-import warnings
 import weakref
 from types import TracebackType
 from typing import Any, Callable
@@ -19,18 +20,25 @@ from typing import Any, Callable
 import orjson
 
 from . import _async, _concurrency, _lifecycle, _uwsgi
-from ._batching import new_idempotency_key
-from ._delivery import Deadline, Delivery, GivenUp, RetryPolicy
+from ._backpressure import Refusals
+from ._delivery import handed_over, shutdown_deadline_error
 from ._encoding import (
     RENDERED_TIMESTAMP_BYTES,
     Record,
     context_fields,
     encode_event,
     event_fields,
-    render_event,
 )
-from ._errors import InvalidEventError, SegOpsApiError
-from ._flusher import Flusher
+from ._errors import (
+    InvalidEventError,
+    SegOpsApiError,
+    count_events,
+    describe,
+    fix_for,
+    sentences,
+)
+from ._flush_requests import FlushRequest
+from ._hooks import BeforeSend, HookRunner
 from ._options import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
@@ -45,128 +53,16 @@ from ._options import (
     DEFAULT_TIMEOUT,
     Options,
 )
-from ._proxy import Proxy, resolve_proxy
-from ._session import SessionManager, anonymous_user
-from ._stats import DeliveryCounters, Stats
-from ._tls import TLSSettings
-from ._transport import Transport
+from ._pipeline import Pipeline
+from ._proxy import resolve_proxy
+from ._reporting import OnDrop, OnError, Reporter
+from ._session import anonymous_user
+from ._stats import Stats
 from ._types import Context, Event, UserContext
-
-logger = logging.getLogger("segops_fast")
-
-#: Why events were dropped before a request was made, as passed to ``on_drop``.
-REASON_QUEUE_FULL = "queue_full"
-REASON_CLOSED = "closed"
 
 _dumps = orjson.dumps
 _JSONEncodeError = orjson.JSONEncodeError
 _clock_ns = time.time_ns
-
-#: At most one queue-full report a second: a full queue can refuse thousands of events.
-_QUEUE_FULL_REPORT_INTERVAL = 1.0
-
-OnError = Callable[[BaseException], None]
-OnDrop = Callable[[list[dict[str, Any]], str], None]
-
-
-def _log_error(error: BaseException) -> None:
-    logger.error("%s", error)
-
-
-class _Reporter:
-    """The user's callbacks, called so that nothing they raise reaches our threads."""
-
-    def __init__(self, on_error: OnError | None, on_drop: OnDrop | None) -> None:
-        self._on_error: OnError = on_error or _log_error
-        self._on_drop = on_drop
-
-    def error(self, error: BaseException) -> None:
-        try:
-            self._on_error(error)
-        except Exception:
-            logger.exception("SegOps: the on_error callback raised")
-
-    def given_up(self, given_up: GivenUp) -> None:
-        """Tell the user about events that will not be delivered (already counted)."""
-        self.dropped(given_up.events, given_up.reason)
-        self.error(given_up.error)
-
-    def dropped(self, events: list[bytes], reason: str) -> None:
-        if self._on_drop is None:
-            return
-        try:
-            self._on_drop([orjson.loads(event) for event in events], reason)
-        except Exception:
-            logger.exception("SegOps: the on_drop callback raised")
-
-
-class _Pipeline:
-    """Everything that belongs to one process: a fork replaces it whole, never mends it.
-
-    Nothing here refers back to the client, so a client dropped without ``shutdown()``
-    can be garbage-collected while its thread finishes sending.
-    """
-
-    def __init__(
-        self,
-        options: Options,
-        get_user: Callable[[], UserContext],
-        reporter: _Reporter,
-        proxy: Proxy | None = None,
-    ) -> None:
-        #: The process this pipeline belongs to.
-        self.pid = os.getpid()
-        #: Whether its threads, locks and events are gevent's (see ``_concurrency.py``).
-        self.greenlets = _concurrency.greenlets()
-        #: The uWSGI master imports the application but must never run a thread of ours.
-        self.in_uwsgi_master = _uwsgi.is_master()
-        self.reporter = reporter
-        self.counters = DeliveryCounters()
-        self.transport = Transport(
-            options.api_url,
-            timeout=options.timeout,
-            max_connections=options.max_in_flight,
-            tls=TLSSettings(options.ca_certs, options.client_cert, options.client_key),
-            proxy=proxy,
-            compression=options.compression,
-        )
-        self.session = (
-            SessionManager(options.api_key, get_user, self.transport)
-            if options.uses_session
-            else None
-        )
-        self.deadline = Deadline()
-        policy = RetryPolicy(options.max_retries, options.backoff_base, options.backoff_cap)
-        self.delivery = Delivery(
-            transport=self.transport,
-            api_key=options.api_key,
-            session=self.session,
-            policy=policy,
-            counters=self.counters,
-            deadline=self.deadline,
-        )
-        self.flusher = Flusher(
-            delivery=self.delivery,
-            counters=self.counters,
-            capacity=options.max_queue_size,
-            batch_size=options.batch_size,
-            flush_interval=options.flush_interval,
-            max_batch_bytes=options.max_batch_bytes,
-            max_in_flight=options.max_in_flight,
-            # flush() waits for an unreachable API as long as a batch answered 503 would
-            # wait for its retries: a deploy's few seconds of refused connections are
-            # ridden out, as the retry settings asked.
-            outage_patience=policy.longest_wait(),
-            deadline=self.deadline,
-            background=not (_uwsgi.python_threads_disabled() or self.in_uwsgi_master),
-            on_given_up=reporter.given_up,
-            report_error=reporter.error,
-        )
-
-    def stop_soon(self) -> None:
-        """The client was garbage-collected unclosed: send what is left, then end the thread."""
-        self.flusher.buffer.close()
-        self.flusher.stop()
 
 
 class SegOpsClient:
@@ -204,7 +100,9 @@ class SegOpsClient:
         ca_certs: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        client_key_password: str | None = None,
         compression: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         options = Options(
             api_url=api_url.rstrip("/") if isinstance(api_url, str) else api_url,
@@ -226,31 +124,37 @@ class SegOpsClient:
             ca_certs=ca_certs,
             client_cert=client_cert,
             client_key=client_key,
+            client_key_password=client_key_password,
             compression=compression,
         )
         options.check()
         _concurrency.refuse_eventlet()
         self._options = options
-        # Decided once: a forked child uses the proxy its parent was built with.
-        self._proxy = resolve_proxy(proxy, options.api_url)
         # Copied out of the options: the hot path reads them on every call.
         self._max_event_bytes = max_event_bytes
         # The longest JSON an event may have before track() adds its timestamp.
         self._max_unstamped_event_bytes = max_event_bytes - RENDERED_TIMESTAMP_BYTES
-        self._get_user = get_user or anonymous_user
-        self._reporter = _Reporter(on_error, on_drop)
+        self._reporter = Reporter(on_error, on_drop)
+        # Each process builds its own pipeline; the proxy is decided once, so a forked
+        # child uses the proxy its parent was built with.
+        self._new_pipeline = functools.partial(
+            Pipeline,
+            options,
+            get_user or anonymous_user,
+            self._reporter,
+            resolve_proxy(proxy, options.api_url),
+        )
+        # The bound method itself: track() pays one attribute test when it is unset.
+        self._before_send = (
+            None
+            if before_send is None
+            else HookRunner(before_send, max_event_bytes, self._reporter.error).record
+        )
         self._closed = False
         self._start_process_state()
         _lifecycle.register(self)
-        if batch and _uwsgi.python_threads_disabled():
-            warnings.warn(
-                "segops_fast: uWSGI runs without Python threads, so no background thread can "
-                "send events; they are sent from the request's thread whenever a batch is "
-                "due (batch_size events, or flush_interval after the oldest) and at worker "
-                "exit. Start uWSGI with --enable-threads to send them in the background.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if batch:
+            _uwsgi.warn_if_threads_disabled(stacklevel=2)
 
     # -- the reference API -----------------------------------------------------------------
 
@@ -279,10 +183,15 @@ class SegOpsClient:
                 raise InvalidEventError("track() takes an event or keyword fields, not both")
             user_id, event_type, occurred_at, payload = event_fields(event)  # type: ignore[assignment]
         record: Record | None = None
+        if self._before_send is not None:
+            record = self._before_send(user_id, event_type, occurred_at, payload)
+            if record is None:
+                self._pipeline.counters.filtered_at_track(1)
+                return
         # The common case in line: a call saved is a tenth of track()'s cost (measured with
         # bench/profile_track.py). Anything else, and every error, goes to encode_event,
         # whose record this must equal (tests/test_validation.py checks that it does).
-        if (
+        elif (
             occurred_at is None
             and type(payload) is dict
             and type(user_id) is str
@@ -301,7 +210,7 @@ class SegOpsClient:
         if record is None:
             record = encode_event(user_id, event_type, occurred_at, payload, self._max_event_bytes)
         if not self._append(record):
-            self._refused(record)
+            self._refusals.refused(record)
 
     def identify(
         self,
@@ -327,20 +236,19 @@ class SegOpsClient:
         """
         if self._closed or not self._options.batch:
             return
-        flusher = self._pipeline.flusher
-        self._refuse_from_own_thread(flusher, "flush")
-        request = flusher.request_flush()
+        pipeline = self._pipeline
+        _refuse_from_own_thread(pipeline, "flush")
+        request = pipeline.request_flush()
         if request is None:
+            _raise_if_stopped(pipeline)
             return
-        if not flusher.has_background_thread:
-            flusher.send_everything_here(final=False)
+        pipeline.driver.drain(final=False)
         if not request.wait(timeout):
-            raise SegOpsApiError(
-                f"SegOps: flush timed out after {timeout}s; undelivered events stay queued",
-                undelivered=self.stats().queued,
-            )
+            assert timeout is not None  # only a timeout ends the wait unanswered
+            why = pipeline.cycle.why_undelivered()
+            raise _flush_timed_out(timeout, self.stats().queued, why)
         if request.error is not None:
-            raise _undelivered_error(request.undelivered, request.error)
+            raise _undelivered_error("flush()", request) from request.error
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Send everything queued and stop the background thread; idempotent.
@@ -352,28 +260,22 @@ class SegOpsClient:
         if self._closed:
             return
         pipeline = self._pipeline
-        flusher = pipeline.flusher
-        self._refuse_from_own_thread(flusher, "shutdown")
+        _refuse_from_own_thread(pipeline, "shutdown")
         self._closed = True
         self._finalizer.detach()
-        flusher.buffer.close()
-        request = flusher.request_flush()
         deadline = self._options.shutdown_timeout if timeout is None else timeout
-        pipeline.deadline.set(deadline)
-        if not flusher.has_background_thread:
-            flusher.send_everything_here(final=True)
-        flusher.stop()
-        if not flusher.join(deadline):
-            pipeline.deadline.expire_now()
-            undelivered = flusher.abandon()
-            raise SegOpsApiError(
-                f"SegOps: shutdown deadline of {deadline}s passed with {undelivered} events "
-                "undelivered; they are handed to on_drop and counted as dropped",
-                undelivered=undelivered,
+        request = pipeline.shutdown(deadline)
+        # The threads may also have ended before the deadline, when nothing left could
+        # be sent before it (the next retry was due after it): the same message then.
+        _raise_if_stopped(pipeline)
+        surrender = pipeline.cycle.surrender
+        if surrender.given_up_at_deadline:
+            error = shutdown_deadline_error(
+                surrender.given_up_at_deadline, deadline, surrender.deadline_cause
             )
-        pipeline.transport.close()
+            raise error from None if request is None else request.error
         if request is not None and request.error is not None:
-            raise _undelivered_error(request.undelivered, request.error)
+            raise _undelivered_error("shutdown()", request) from request.error
 
     def close(self) -> None:
         """The same as :meth:`shutdown`."""
@@ -395,9 +297,7 @@ class SegOpsClient:
 
     def stats(self) -> Stats:
         """Counters of this client in this process; see :class:`Stats`."""
-        pipeline = self._pipeline
-        buffer = pipeline.flusher.buffer
-        return pipeline.counters.snapshot(buffer.taken, len(buffer))
+        return self._pipeline.stats()
 
     def __enter__(self) -> SegOpsClient:
         return self
@@ -424,35 +324,29 @@ class SegOpsClient:
     # -- per-process state -------------------------------------------------------------------
 
     def _start_process_state(self) -> None:
-        self._install(_Pipeline(self._options, self._get_user, self._reporter, self._proxy))
+        self._install(self._new_pipeline())
 
-    def _install(self, pipeline: _Pipeline) -> None:
+    def _install(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
         # The hot path calls this attribute directly: no branch on the batch mode.
-        self._append: Callable[[Record], bool]
-        if not self._options.batch:
-            self._append = self._send_now
-        elif pipeline.in_uwsgi_master:
-            self._append = self._send_from_uwsgi_master
-        elif pipeline.flusher.has_background_thread:
-            self._append = self._append_first
-        else:
-            self._append = pipeline.flusher.append_and_send_when_due
-        self._told_closed = False
-        self._last_full_report = 0.0
+        self._append: Callable[[Record], bool] = (
+            self._append_first if self._options.batch and pipeline.threaded else pipeline.append
+        )
+        self._refusals = Refusals(
+            pipeline,
+            block=self._options.on_full == "block",
+            max_queue_size=self._options.max_queue_size,
+            closed=lambda: self._closed,
+        )
         # Stops this process's thread if the client is dropped without shutdown(); holds
         # the pipeline, not the client, so it never keeps the client alive.
         self._finalizer = weakref.finalize(self, pipeline.stop_soon)
         self._finalizer.atexit = False
 
     def _append_first(self, record: Record) -> bool:
-        """The first event of this process's pipeline: make sure it is built from the kind
-        of thread and lock in force now, then hand the hot path to the buffer.
-
-        gevent may have patched ``threading`` since the pipeline was built (a gevent worker
-        forked from a master that preloads the application patches after the fork hook
-        ran). No thread of ours exists yet and nothing is queued, so building the pipeline
-        again loses nothing; using the old one would make greenlets wait on native locks.
+        """The first event of this process's pipeline: build it again if gevent patched
+        ``threading`` since it was built (see ``_concurrency.py``), then hand the hot path
+        to the pipeline.
 
         No lock: one created before gevent patched is native, and building a pipeline can
         yield to another greenlet, which would then block the hub on it. Rebuilding happens
@@ -462,41 +356,16 @@ class SegOpsClient:
         each just set the same attribute.
         """
         pipeline = self._pipeline
-        if (
-            not self._closed
-            and pipeline.greenlets != _concurrency.greenlets()
-            and pipeline.flusher.buffer.taken == 0
-            and not len(pipeline.flusher.buffer)
-        ):
-            rebuilt = _Pipeline(self._options, self._get_user, self._reporter, self._proxy)
+        if not self._closed and pipeline.outdated_by_gevent:
+            rebuilt = self._new_pipeline()
             if self._pipeline is pipeline and not self._closed:
                 self._finalizer.detach()
                 self._install(rebuilt)
             else:
                 rebuilt.transport.close()
             pipeline.transport.close()
-        self._append = self._pipeline.flusher.buffer.append
+        self._append = self._pipeline.append
         return self._append(record)
-
-    def _send_from_uwsgi_master(self, record: Record) -> bool:
-        """In the uWSGI master: send now, from this thread, everything waiting.
-
-        The master must not start a thread (see ``_uwsgi.py``), and it cannot hand its
-        events to the workers: each worker starts with a copy of them, so either all would
-        send them or, with one chosen, every respawn of that one would again. The master
-        tracks only while it imports the application, so sending each event as it is
-        tracked costs a request per event at start-up (about a millisecond each here),
-        bounded like any request by ``timeout`` and the retry schedule. If the API cannot
-        be reached they stay queued for the master's next event (uWSGI's master runs no
-        Python exit hook at its stop).
-        """
-        flusher = self._pipeline.flusher
-        if not flusher.buffer.append(record):
-            return False
-        # A callback that tracks while this thread sends leaves its event for the next call.
-        if not flusher.is_own_thread:
-            flusher.send_everything_here(final=False)
-        return True
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: events queued before the fork belong to the parent.
@@ -511,7 +380,7 @@ class SegOpsClient:
         self._pipeline.transport.abandon_after_fork()
         self._start_process_state()
         if self._closed:
-            self._pipeline.flusher.buffer.close()
+            self._pipeline.buffer.close()
 
     def _shutdown_at_exit(self) -> None:
         try:
@@ -519,64 +388,75 @@ class SegOpsClient:
         except SegOpsApiError as error:
             self._reporter.error(error)
 
-    # -- events that are not enqueued ------------------------------------------------------
 
-    def _send_now(self, record: Record) -> bool:
-        """``batch=False``: send on the caller's thread, as the reference SDK does."""
-        pipeline = self._pipeline
-        pipeline.counters.sending_synchronously(1)
-        given_up = pipeline.delivery.deliver_single(render_event(record), new_idempotency_key())
-        if given_up is not None:
-            pipeline.counters.given_up(1, failed=given_up.failed)
-            self._reporter.given_up(given_up)
-        return True
-
-    def _refused(self, record: Record) -> None:
-        if self._options.on_full == "block" and not self._closed:
-            flusher = self._pipeline.flusher
-            while not self._closed:
-                if flusher.has_background_thread:
-                    flusher.buffer.wait_for_room(None)
-                else:
-                    # Nobody else will make room: send from here.
-                    flusher.send_everything_here(final=False)
-                if flusher.buffer.append(record):
-                    return
-        reason = REASON_CLOSED if self._closed else REASON_QUEUE_FULL
-        self._pipeline.counters.refused_at_track(1)
-        self._reporter.dropped([render_event(record)], reason)
-        if reason == REASON_CLOSED:
-            if not self._told_closed:
-                self._told_closed = True
-                self._reporter.error(
-                    RuntimeError("SegOps: track() after shutdown(); the event is dropped")
-                )
+def _undelivered_error(call: str, request: FlushRequest) -> SegOpsApiError:
+    """Why ``call`` could not deliver some of the events it waited for, and where they are."""
+    cause = request.error
+    assert cause is not None
+    undelivered = request.undelivered
+    queued = undelivered - sum(request.given_up.values())
+    # Whole, when all went one way: "They were handed to on_drop ..."; else counted.
+    whole = len(request.given_up) + bool(queued) == 1
+    where = []
+    for reason, count in request.given_up.items():
+        subject = None if whole else f"{count} of them {'was' if count == 1 else 'were'}"
+        where.append(handed_over(count, reason, subject))
+    if queued:
+        if whole:
+            subject = "It stays queued and is" if queued == 1 else "They stay queued and are"
         else:
-            now = time.monotonic()
-            if now - self._last_full_report >= _QUEUE_FULL_REPORT_INTERVAL:
-                self._last_full_report = now
-                self._reporter.error(
-                    RuntimeError(
-                        f"SegOps: queue full ({self._options.max_queue_size} events); "
-                        "dropping new events (see stats().dropped)"
-                    )
-                )
-
-    @staticmethod
-    def _refuse_from_own_thread(flusher: Flusher, method: str) -> None:
-        if flusher.is_own_thread:
-            raise RuntimeError(
-                f"SegOps: {method}() cannot be called from on_error or on_drop: "
-                "those run on the thread that would have to do the work"
-            )
-
-
-def _undelivered_error(undelivered: int, cause: BaseException) -> SegOpsApiError:
-    status = getattr(cause, "status", None)
-    body = getattr(cause, "body", "")
+            subject = f"{queued} of them {'stays' if queued == 1 else 'stay'} queued and"
+            subject += " is" if queued == 1 else " are"
+        # Only an API that cannot be reached (or a token that cannot be had) keeps events.
+        where.append(f"{subject} tried again every flush_interval")
+    reason = describe(cause)
+    fix = fix_for(cause)
     return SegOpsApiError(
-        f"SegOps: {undelivered} events could not be delivered: {cause}",
-        status=status,
-        body=body,
+        sentences(
+            f"SegOps: {count_events(undelivered)} could not be delivered by {call}: {reason}",
+            "; ".join(where),
+            fix,
+        ),
+        status=getattr(cause, "status", None),
+        body=getattr(cause, "body", ""),
         undelivered=undelivered,
+        reason=reason,
+        fix=fix,
     )
+
+
+def _flush_timed_out(timeout: float, queued: int, why: BaseException | None) -> SegOpsApiError:
+    reason = "the API has not answered yet" if why is None else describe(why)
+    stays = "It stays" if queued == 1 else "They stay"
+    fix = sentences(
+        fix_for(why) if why is not None else "",
+        "To wait longer, pass flush() a larger timeout",
+    )
+    return SegOpsApiError(
+        sentences(
+            f"SegOps: flush(timeout={timeout:g}) returned with {count_events(queued)} "
+            f"undelivered: {reason}",
+            f"{stays} queued and will be sent once the API answers",
+            fix,
+        ),
+        undelivered=queued,
+        reason=reason,
+        fix=fix,
+    )
+
+
+def _raise_if_stopped(pipeline: Pipeline) -> None:
+    """flush() and shutdown() never return normally once the sending thread has stopped."""
+    failure = pipeline.failure
+    if failure is not None:
+        # A new exception each time: raising one object twice would pile up tracebacks.
+        raise SegOpsApiError(str(failure), reason=failure.reason, fix=failure.fix)
+
+
+def _refuse_from_own_thread(pipeline: Pipeline, method: str) -> None:
+    if pipeline.driver.is_own_thread:
+        raise RuntimeError(
+            f"SegOps: {method}() was called from on_error or on_drop, which run on the "
+            f"thread that would have to do its work, so it would wait forever. Call "
+            f"{method}() from your own code after the callback returns."
+        )

@@ -81,7 +81,7 @@ def encode_event(
     try:
         encoded = _dumps(fields)
     except _JSONEncodeError as error:
-        raise InvalidEventError(f"payload cannot be serialized to JSON: {error}") from None
+        raise InvalidEventError(_unserializable(error)) from None
     if len(encoded) > limit:
         size = len(encoded) + (max_event_bytes - limit)
         raise InvalidEventError(
@@ -184,6 +184,17 @@ def _occurred_at_text(occurred_at: object) -> str:
     raise InvalidEventError(
         f"occurred_at must be an ISO-8601 str or a datetime, got {type(occurred_at).__name__}"
     )
+
+
+def _unserializable(error: Exception) -> str:
+    if "Recursion limit" in str(error):
+        # orjson stops at 255 levels (the event's own object is one of them) rather than
+        # exhaust the stack; a payload that contains itself meets the same limit.
+        return (
+            "payload is nested too deeply to serialize: at most 254 levels of dicts and "
+            "lists, counting the event itself (or it contains itself)"
+        )
+    return f"payload cannot be serialized to JSON: {error}"
 
 
 def _check_identity(user_id: object, event_type: object) -> None:

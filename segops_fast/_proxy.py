@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from urllib3.exceptions import LocationParseError
 from urllib3.util import make_headers, parse_url
 
+from ._secrets import mask_url
+
 
 @dataclass(frozen=True)
 class Proxy:
@@ -64,20 +66,13 @@ def resolve_proxy(option: str | None, api_url: str) -> Proxy | None:
     return _parse(url, f"the {target.scheme}_proxy environment variable")
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``."""
-    scheme, separator, rest = url.rpartition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{separator}{authority}{slash}{path}"
-
-
 def _parse(text: str, source: str) -> Proxy:
-    # urllib.request accepts a proxy without a scheme ("host:3128") as plain HTTP.
-    with_scheme = text if "://" in text else f"http://{text}"
+    # urllib.request accepts a proxy without a scheme ("host:3128") as plain HTTP, and
+    # credentials up to the last "@", so a password may hold "/", "?", "#" or "@" unescaped.
+    scheme, _, rest = text.rpartition("://")
+    userinfo, at, address = rest.rpartition("@")
     try:
-        url = parse_url(with_scheme)
+        url = parse_url(f"{scheme or 'http'}://{address}")
     except LocationParseError:
         url = None
     if url is None or url.scheme != "http" or not url.host or url.path not in (None, "", "/"):
@@ -87,8 +82,8 @@ def _parse(text: str, source: str) -> Proxy:
             "supported, and HTTPS to the API is tunnelled through the proxy with CONNECT"
         )
     authorization = None
-    if url.auth is not None:
-        user, _, password = url.auth.partition(":")
+    if at:
+        user, _, password = userinfo.partition(":")
         credentials = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
         authorization = make_headers(proxy_basic_auth=credentials)["proxy-authorization"]
     return Proxy(f"http://{url.host}:{url.port or 80}", source, authorization)

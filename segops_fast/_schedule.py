@@ -8,8 +8,10 @@ This module owns the batches that wait outside the buffer, and the times they wa
 * while the API cannot be reached (or no session token can be had), the batches in hand
   wait together and are tried again once per ``flush_interval``, before anything newer.
 
-It keeps no lock and starts no thread: the flusher calls it with its own lock held. It
-does not own sending, the buffer, or flush requests.
+It keeps no lock and starts no thread: its state is guarded by the pipeline's lock, which
+the cycle and the drivers hold around every mutating call (checked with
+``SEGOPS_FAST_DEBUG_LOCKS=1``, see ``_locks.py``). It does not own sending,
+the buffer, or flush requests.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ._batching import Batch
+from ._locks import PipelineLock, lock_held
 
 
 class SendSchedule:
-    """The batches held back, and when the next of them is due."""
+    """The batches held back, and when the next of them is due. Guarded by the pipeline's
+    lock."""
 
-    def __init__(self, unreachable_retry_interval: float) -> None:
+    def __init__(
+        self, unreachable_retry_interval: float, *, guard: PipelineLock | None = None
+    ) -> None:
+        #: The pipeline's lock; None for a schedule used alone (a unit test's).
+        self._guard = guard
         self._unreachable_retry_interval = unreachable_retry_interval
         #: Batches waiting for their next attempt, each until its ``retry_at``.
         self._retrying: list[Batch] = []
@@ -37,10 +45,12 @@ class SendSchedule:
 
     # -- holding batches back ------------------------------------------------------------------
 
+    @lock_held
     def retry_later(self, batches: list[Batch]) -> None:
         """Hold ``batches`` until each one's ``retry_at``."""
         self._retrying.extend(batches)
 
+    @lock_held
     def hold_unsent(self, batches: list[Batch], error: BaseException, now: float) -> None:
         """The API could not be reached: hold ``batches`` until the next try."""
         self._unsent.extend(batches)
@@ -48,6 +58,7 @@ class SendSchedule:
         self.unavailable_error = error
         self._unsent_due_at = now + self._unreachable_retry_interval
 
+    @lock_held
     def pause_until(self, moment: float) -> None:
         self.resume_at = max(self.resume_at, moment)
 
@@ -57,6 +68,7 @@ class SendSchedule:
     def waiting_for_api(self) -> bool:
         return bool(self._unsent)
 
+    @lock_held
     def take_due(self, now: float, *, unsent_too: bool) -> list[Batch]:
         """Remove and return, oldest first, the retries due by ``now`` and, if
         ``unsent_too``, every batch waiting for the API."""
@@ -93,6 +105,7 @@ class SendSchedule:
     def __bool__(self) -> bool:
         return bool(self._unsent or self._retrying)
 
+    @lock_held
     def take_all(self) -> list[Batch]:
         """Remove and return every held batch, oldest first."""
         held = sorted(self, key=lambda batch: batch.first)

@@ -24,7 +24,8 @@ class Stats:
     sent: int
     #: Events given up without a failed request: queue full, client closed, shutdown deadline.
     dropped: int
-    #: Events the server refused, or that still failed after every retry.
+    #: Events the server refused, that still failed after every retry, or that an
+    #: unexpected error kept from being sent.
     failed: int
     #: Requests sent again after a retryable failure.
     retried: int
@@ -34,6 +35,12 @@ class Stats:
     bytes_sent: int
     #: Events waiting in the buffer or in a request not yet answered.
     queued: int
+    #: Events the ``before_send`` hook dropped; not counted in ``enqueued``.
+    filtered: int
+    #: ``dropped`` and ``failed`` split by the reason ``on_drop`` is given (``queue_full``,
+    #: ``closed``, ``shutdown_deadline``, ``failed``, ``retries_exhausted``,
+    #: ``unexpected_error``); a copy.
+    given_up_by_reason: dict[str, int]
 
 
 class DeliveryCounters:
@@ -52,6 +59,8 @@ class DeliveryCounters:
         self.outside_buffer = 0
         #: Events taken from the buffer whose fate is not known yet.
         self.in_flight = 0
+        self.filtered = 0
+        self.given_up_by_reason: dict[str, int] = {}
 
     def taken(self, events: int) -> None:
         with self._lock:
@@ -69,7 +78,7 @@ class DeliveryCounters:
             self.batches += 1
             self.bytes_sent += body_bytes
 
-    def given_up(self, events: int, *, failed: bool) -> None:
+    def given_up(self, events: int, *, failed: bool, reason: str) -> None:
         """Taken events will not be delivered: ``failed`` (refused, or no request could be
         made) or dropped (a shutdown deadline)."""
         with self._lock:
@@ -78,11 +87,26 @@ class DeliveryCounters:
                 self.failed += events
             else:
                 self.dropped += events
+            self._count_reason(reason, events)
 
-    def refused_at_track(self, events: int) -> None:
+    def refused_at_track(self, events: int, reason: str, *, failed: bool = False) -> None:
+        """Events refused by ``track()``: dropped (queue full, client closed), or
+        ``failed`` when the client can no longer send (its sending thread stopped)."""
         with self._lock:
             self.outside_buffer += events
-            self.dropped += events
+            if failed:
+                self.failed += events
+            else:
+                self.dropped += events
+            self._count_reason(reason, events)
+
+    def _count_reason(self, reason: str, events: int) -> None:
+        """Under the lock."""
+        self.given_up_by_reason[reason] = self.given_up_by_reason.get(reason, 0) + events
+
+    def filtered_at_track(self, events: int) -> None:
+        with self._lock:
+            self.filtered += events
 
     def retry(self) -> None:
         with self._lock:
@@ -99,4 +123,6 @@ class DeliveryCounters:
                 batches=self.batches,
                 bytes_sent=self.bytes_sent,
                 queued=waiting_in_buffer + self.in_flight,
+                filtered=self.filtered,
+                given_up_by_reason=dict(self.given_up_by_reason),
             )

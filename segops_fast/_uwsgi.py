@@ -12,7 +12,7 @@ imports the application, and an application that tracks at import would start ou
 there. uWSGI then forks its workers from C, where nothing re-initializes Python's thread
 state: a worker forked while that thread held the GIL waits for it forever (measured with
 uWSGI 2.0.30: no worker ever answered; reported: ``--py-call-osafterfork`` does not help).
-So the master never gets a thread of ours (see ``_client.py`` for how it sends instead).
+So the master never gets a thread of ours (see ``_inline.py`` for how it sends instead).
 
 It reads only the ``uwsgi`` module that uWSGI itself puts in ``sys.modules``: importing
 nothing means it costs nothing outside uWSGI, and it never imports ``uwsgidecorators``,
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 
@@ -34,6 +35,19 @@ def python_threads_disabled() -> bool:
     """True inside a uWSGI that runs no Python thread between requests."""
     uwsgi = _running_uwsgi()
     return uwsgi is not None and not getattr(uwsgi, "has_threads", True)
+
+
+def warn_if_threads_disabled(*, stacklevel: int) -> None:
+    """Warn the application that events are sent from its request threads, and why."""
+    if python_threads_disabled():
+        warnings.warn(
+            "segops_fast: uWSGI runs without Python threads, so no background thread can "
+            "send events; they are sent from the request's thread whenever a batch is "
+            "due (batch_size events, or flush_interval after the oldest) and at worker "
+            "exit. Start uWSGI with --enable-threads to send them in the background.",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def is_master() -> bool:

@@ -4,6 +4,7 @@ slow real-server groups, and, under CI, no test that silently shrinks away."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -184,6 +185,8 @@ def assert_idle_invariant(stats: segops.Stats) -> None:
     :func:`assert_accounted` checks that, with the number of events tracked."""
     assert _negative_counters(stats) == [], stats
     assert stats.enqueued == stats.sent + stats.dropped + stats.failed + stats.queued, stats
+    # Each event given up has exactly one reason.
+    assert sum(stats.given_up_by_reason.values()) == stats.dropped + stats.failed, stats
 
 
 def assert_accounted(
@@ -210,7 +213,10 @@ def assert_given_up_as_counted(stats: segops.Stats, reasons: Iterable[str]) -> N
     reasons = list(reasons)
     failed = sum(reason in FAILED_REASONS for reason in reasons)
     assert (stats.failed, stats.dropped) == (failed, len(reasons) - failed), (stats, reasons)
+    assert stats.given_up_by_reason == dict(collections.Counter(reasons)), (stats, reasons)
 
 
 def _negative_counters(stats: segops.Stats) -> list[str]:
-    return [name for name, value in dataclasses.asdict(stats).items() if value < 0]
+    counters = dataclasses.asdict(stats)
+    by_reason = counters.pop("given_up_by_reason")
+    return [name for name, value in [*counters.items(), *by_reason.items()] if value < 0]

@@ -15,15 +15,10 @@ import threading
 import time
 from pathlib import Path
 
+from segops_fast.testing._app_servers import free_port, stop_process
+
 USER = "proxy-user"
 PASSWORD = "pr0xy-s3cret"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RealProxy:
@@ -33,7 +28,7 @@ class RealProxy:
         #: A file of regular expressions, one a line: pproxy closes connections to the
         #: hosts they match, unanswered.
         self._block = block
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._tap: _Tap | None = None
 
@@ -62,12 +57,7 @@ class RealProxy:
         """Stop the proxy process (the tap stays, refusing nothing, relaying to nobody)."""
         process, self._process = self._process, None
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=10)
 
     def close(self) -> None:
         self.stop()

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +21,15 @@ import pytest
 from distributed import Client
 
 from segops_fast.backfill import Summary, send_bag
+from segops_fast.backfill._dask_ranges import key_proof, look_at_worker
+from segops_fast.backfill._engine import SendSettings
+from segops_fast.backfill._job import Job, JobSettings
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
 from segops_fast.testing._dask import DaskCluster
 
 from .conftest import wait_until
 from .test_backfill import assert_exactly_once, event_line, send_command, write_events
+from .test_cli_send import TimedServer
 
 WORKERS = 2
 
@@ -34,7 +39,13 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
-    with DaskCluster(tmp_path_factory.mktemp("dask"), WORKERS, import_path=[ROOT]) as running:
+    with DaskCluster(
+        tmp_path_factory.mktemp("dask"),
+        WORKERS,
+        import_path=[ROOT],
+        # The workers' own key: it never travels in a task graph.
+        environment={"SEGOPS_API_KEY": DEFAULT_SECRET_KEY},
+    ) as running:
         yield running
 
 
@@ -56,7 +67,7 @@ def test_a_bag_of_200_000_events_in_8_partitions_arrives_exactly_once(
     server: LocalIngestServer, client: Client
 ) -> None:
     bag = dask.bag.range(200_000, npartitions=8).map(numbered_event)
-    summary = send_bag(bag, api_url=server.url, api_key=DEFAULT_SECRET_KEY, source="bag-200k")
+    summary = send_bag(bag, api_url=server.url, source="bag-200k")
     assert (summary.sent, summary.failed, summary.invalid) == (200_000, 0, 0)
     assert_exactly_once(server, 200_000)
 
@@ -73,7 +84,6 @@ def test_a_worker_killed_mid_bag_its_tasks_rerun_and_every_event_is_stored_once(
             send_bag(
                 bag,
                 api_url=server.url,
-                api_key=DEFAULT_SECRET_KEY,
                 source="bag-killed",
                 rate=10_000,
                 batch_bytes=65_536,
@@ -115,7 +125,6 @@ def test_invalid_and_refused_events_of_a_partition_reach_the_caller(
     summary = send_bag(
         bag,
         api_url=server.url,
-        api_key=DEFAULT_SECRET_KEY,
         source="bag-invalid",
         on_invalid=lambda event, reason: invalid.append((event, reason)),
         on_failed=lambda given_up, reason: failed.extend(given_up),
@@ -131,7 +140,9 @@ def test_invalid_and_refused_events_of_a_partition_reach_the_caller(
     assert refused | stored == set(range(200))
     assert server.summary()["duplicate_events"] == 0
     with pytest.raises(TypeError, match="concurency"):
-        send_bag(bag, api_url=server.url, api_key=DEFAULT_SECRET_KEY, source="x", concurency=2)
+        send_bag(bag, api_url=server.url, source="x", concurency=2)
+    with pytest.raises(TypeError, match="send_bag takes no api_key"):
+        send_bag(bag, api_url=server.url, source="x", api_key=DEFAULT_SECRET_KEY)
 
 
 def test_the_cluster_is_separate_processes_on_loopback(cluster: DaskCluster) -> None:
@@ -244,14 +255,16 @@ def test_send_dask_coordinator_killed_then_resumed_and_interrupted_then_resumed(
     assert running.returncode == 130, summary
     assert (summary["resumed"], summary["interrupted"]) == (True, True)
     # Everything the interrupted run counted is in the checkpoint it left...
-    assert summary["sent"] > 0
-    assert events_checkpointed(checkpoint, source) == settled + summary["sent"]
-    settled += summary["sent"]
-    # ...and the last run sends exactly the rest.
+    assert summary["this_run"]["sent"] > 0
+    assert events_checkpointed(checkpoint, source) == settled + summary["this_run"]["sent"]
+    assert summary["sent"] == settled + summary["this_run"]["sent"]
+    settled += summary["this_run"]["sent"]
+    # ...and the last run sends exactly the rest; its summary covers the whole job.
     running = start_send(server, *arguments)
     summary = finish(running)
     assert running.returncode == 0, summary
-    assert (summary["resumed"], summary["sent"]) == (True, 100_000 - settled)
+    assert (summary["resumed"], summary["this_run"]["sent"]) == (True, 100_000 - settled)
+    assert summary["sent"] == 100_000
     assert_exactly_once(server, 100_000)
 
 
@@ -305,3 +318,73 @@ def test_send_dask_refuses_inputs_a_worker_cannot_read(
     assert f"worker {stranger_address} cannot read {source}".encode() in finished.stderr
     assert b"No such file or directory" in finished.stderr
     assert server.event_count == 0
+
+
+# -- the API key on a cluster ---------------------------------------------------------------
+
+
+def test_send_dask_ships_no_key_in_the_task_graph_and_no_log_holds_it(
+    server: LocalIngestServer,
+    cluster: DaskCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = write_events(tmp_path / "events.jsonl", 20_000)
+    shipped: list[Any] = []
+    submit = Client.submit
+
+    def recording_submit(self: Client, function: Any, *arguments: Any, **options: Any) -> Any:
+        shipped.append((arguments, options))
+        return submit(self, function, *arguments, **options)
+
+    monkeypatch.setattr(Client, "submit", recording_submit)
+    send = SendSettings(api_url=server.url, api_key=DEFAULT_SECRET_KEY)
+    job = Job(JobSettings([str(source)], send, 1, 32768, None, None, cluster.address))
+    totals = job.run()
+    assert (totals.sent, job.problems) == (20_000, [])
+    assert_exactly_once(server, 20_000)
+    assert shipped
+    for arguments, options in shipped:
+        assert options["settings"].api_key == ""
+        assert DEFAULT_SECRET_KEY not in repr((arguments, options))
+    for log in cluster.directory.glob("*.log"):
+        assert DEFAULT_SECRET_KEY.encode() not in log.read_bytes(), log
+
+
+def test_send_dask_refuses_workers_that_hold_another_key(
+    server: LocalIngestServer, cluster: DaskCluster, tmp_path: Path
+) -> None:
+    source = write_events(tmp_path / "events.jsonl", 100)
+    finished = subprocess.run(
+        [sys.executable, "-m", "segops_fast", "send", str(source), "--api-url", server.url,
+         "--dask", cluster.address],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "SEGOPS_API_KEY": "sk_another_key"},
+    )  # fmt: skip
+    assert finished.returncode == 2
+    assert "has another API key" in finished.stderr
+    assert "each worker reads the key from its own environment" in finished.stderr
+    assert "sk_another_key" not in finished.stderr
+    assert server.request_count == 0
+
+
+def test_a_worker_without_a_key_shows_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SEGOPS_API_KEY", raising=False)
+    monkeypatch.delenv("SEGOPS_API_KEY_FILE", raising=False)
+    assert look_at_worker([], b"nonce") == (None, [])
+    key_file = tmp_path / "key"
+    key_file.write_text(DEFAULT_SECRET_KEY + "\n")
+    monkeypatch.setenv("SEGOPS_API_KEY_FILE", str(key_file))
+    assert look_at_worker([], b"nonce") == (key_proof(DEFAULT_SECRET_KEY, b"nonce"), [])
+
+
+def test_send_dask_rate_is_shared_by_the_tasks_measured_at_the_server(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    source = write_events(tmp_path / "events.jsonl", 4000)
+    with TimedServer() as timed_server:
+        running = start_send(timed_server, source, "--dask", cluster.address, "--rate", "1000")
+        summary = finish(running)
+        assert (running.returncode, summary["sent"]) == (0, 4000), summary
+        assert_exactly_once(timed_server, 4000)
+        assert timed_server.most_in_one_second() <= 1000 * 1.05

@@ -290,11 +290,11 @@ def test_a_flush_is_not_charged_with_a_later_event_refused_from_a_split_batch(
         on_drop=lambda events, reason: dropped.extend(event["event_type"] for event in events),
         on_error=lambda error: None,
     )
-    flusher = client._pipeline.flusher
+    pipeline = client._pipeline
     # The first request waits at the server, so that what follows is taken as one batch.
     server.faults.hang(1.0)
     client.track(user_id="u", event_type="first")
-    wait_until(lambda: flusher.buffer.taken == 1)
+    wait_until(lambda: pipeline.buffer.taken == 1)
     for number in range(6):
         client.track(user_id="u", event_type=f"before-flush-{number}")
     flushed: list[BaseException | None] = []
@@ -308,7 +308,7 @@ def test_a_flush_is_not_charged_with_a_later_event_refused_from_a_split_batch(
 
     flushing = threading.Thread(target=flush)
     flushing.start()
-    wait_until(lambda: len(flusher._open_requests) == 1)
+    wait_until(lambda: len(pipeline.cycle.requests) == 1)
     # After the flush was asked for, in the same batch: a split isolates the huge event.
     server.faults.max_body_bytes = 2_000
     for number in range(4):

@@ -53,9 +53,8 @@ def test_fork_while_another_thread_holds_every_internal_lock(
     client.flush()
     pipeline = client._pipeline
     locks = [
-        pipeline.flusher._lock,
-        pipeline.flusher._sending_here,
-        pipeline.flusher.buffer._room,
+        pipeline.cycle.guard,
+        pipeline.buffer._room,
         pipeline.counters._lock,
         pipeline.session._lock,  # type: ignore[union-attr]
         pipeline.transport._pool.pool.mutex,  # type: ignore[union-attr]

@@ -144,7 +144,7 @@ def test_full_queue_drops_new_events_counts_them_and_hands_them_to_on_drop(
     assert dropped == ["queue_full"] * 41
     assert stats.enqueued == 51
     assert stats.queued == 10
-    assert sum("queue full" in str(error) for error in errors) == 1
+    assert sum("queue is full" in str(error) for error in errors) == 1
     assert_idle_invariant(stats)
 
     # Still unreachable at shutdown: the 10 events held were never sent, and are handed to

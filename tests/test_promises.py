@@ -366,7 +366,7 @@ def test_with_max_retries_zero_flush_raises_at_once_during_an_outage(
     with pytest.raises(segops.SegOpsApiError) as raised:
         client.flush(timeout=20)
     assert raised.value.undelivered == 1
-    assert "Connection refused" in str(raised.value)
+    assert "connection refused" in str(raised.value).lower()
 
 
 def test_the_shutdown_deadline_hands_a_request_under_way_to_on_drop_at_once(
@@ -416,4 +416,4 @@ def test_an_outage_is_reported_when_it_begins_not_at_every_try(
     # Three flushes, each a try (and more every flush_interval, 0.05 s here): one report.
     time.sleep(0.3)
     assert len(errors) == 1, errors
-    assert "Connection refused" in str(errors[0])
+    assert "connection refused" in str(errors[0]).lower()

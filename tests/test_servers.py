@@ -8,18 +8,14 @@ process is ended by its PID if a test fails.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
 import types
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,16 +24,14 @@ import pytest
 
 import segops_fast as segops
 from segops_fast.testing import DEFAULT_SECRET_KEY, LocalIngestServer
-from tests.test_prefork_servers import (
+from segops_fast.testing import _app_servers as harness
+from tests.servers import (
     APPS,
-    _environment,
-    _free_port,
-    _stop_gracefully,
-    _wait_until_serving,
+    environment,
+    running,
+    send_requests,
+    stop_gracefully,
     uwsgi_command,
-)
-from tests.test_prefork_servers import (
-    _send_requests as _send_requests_tracking_five,
 )
 
 AT_IMPORT = 3
@@ -49,34 +43,6 @@ def _assert_stored_exactly_once(server: LocalIngestServer, expected: dict[str, i
     duplicates = {kind: counts["duplicate_events"] for kind, counts in by_type.items()}
     assert stored == expected, by_type
     assert not any(duplicates.values()), by_type
-
-
-@contextlib.contextmanager
-def _running(
-    command: list[str], port: int | None, env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The server in a process group of its own, whose leader is its master: whatever
-    happens, every process left in the group is killed through the master's PID."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=APPS,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        if port is not None:
-            _wait_until_serving(process, port)
-        yield process
-    except BaseException:
-        sys.stderr.write(log.read_text(errors="replace")[-5000:])
-        raise
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def _pids(answers: list[dict[str, Any]]) -> Counter[int]:
@@ -95,7 +61,7 @@ def test_uwsgi_master_that_tracks_at_import_without_lazy_apps(
     worker or per respawn.
     """
     pytest.importorskip("pyuwsgi")
-    port = _free_port()
+    port = harness.free_port()
     command = uwsgi_command(
         port,
         # A worker stuck (the deadlock this test is for) is killed instead of waited for.
@@ -103,32 +69,25 @@ def test_uwsgi_master_that_tracks_at_import_without_lazy_apps(
         *(["--enable-threads"] if threads == "enable-threads" else []),
         *(["--py-call-uwsgi-fork-hooks"] if fork_hooks else []),
     )  # fmt: skip
-    env = _environment(server, SEGOPS_TEST_AT_IMPORT=str(AT_IMPORT))
+    env = environment(server, SEGOPS_TEST_AT_IMPORT=str(AT_IMPORT))
     requests = 200
-    with _running(command, port, env, tmp_path / "log") as uwsgi:
-        answers = _send_requests_tracking_five(port, 0, requests)
+    with running(command, port, env, tmp_path / "log") as uwsgi:
+        answers = send_requests(port, 0, requests)
         # See test_prefork_servers: let uWSGI finish respawning before the stop signal.
-        time.sleep(3)
-        _stop_gracefully(uwsgi, signal.SIGTERM)
+        harness.wait_until_quiet(tmp_path / "log")
+        stop_gracefully(uwsgi)
     assert len(_pids(answers)) > 4, "no worker was recycled"
     # The master has no thread of ours; the workers do.
     assert all(answer["segops_threads"] for answer in answers)
     _assert_stored_exactly_once(server, {"at_import": AT_IMPORT, "request_handled": requests * 5})
 
 
-def _gunicorn(port: int, worker_class: str, *options: str) -> list[str]:
-    return [
-        sys.executable, "-m", "gunicorn",
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", "4",
-        "--worker-class", worker_class,
-        "--max-requests", "25",
-        "--max-requests-jitter", "10",
-        "--graceful-timeout", "30",
-        # A worker that blocks its hub is killed after this: a hang fails fast.
-        "--timeout", "20",
-        *options,
-    ]  # fmt: skip
+def _gunicorn(port: int, worker_class: str, app: str, *options: str) -> list[str]:
+    # --timeout: a worker that blocks its hub is killed after this, so a hang fails fast.
+    options = ("--graceful-timeout", "30", "--timeout", "20", *options)
+    return harness.gunicorn(
+        port, app, workers=4, worker_class=worker_class, max_requests=25, options=options
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,16 +101,16 @@ def test_gunicorn_gevent_workers(
     """The client is built before gevent patches the worker (in the master, or by the fork
     hook): its first event must rebuild it from greenlets, or the worker hangs."""
     pytest.importorskip("gevent")
-    port = _free_port()
-    command = _gunicorn(port, "gevent", *(["--preload"] if preload else []), "wsgi_app:application")
-    env = _environment(server, SEGOPS_TEST_AT_IMPORT=str(at_import))
+    port = harness.free_port()
+    command = _gunicorn(port, "gevent", "wsgi_app:application", *(["--preload"] if preload else []))
+    env = environment(server, SEGOPS_TEST_AT_IMPORT=str(at_import))
     requests = 200
-    with _running(command, port, env, tmp_path / "log") as gunicorn:
-        answers = _send_requests_tracking_five(port, 0, requests // 2)
+    with running(command, port, env, tmp_path / "log") as gunicorn:
+        answers = send_requests(port, 0, requests // 2)
         # A gevent worker past max_requests goes on accepting until its loop looks.
         _until_a_new_worker_answers(port, set(_pids(answers)))
-        answers += _send_requests_tracking_five(port, requests // 2, requests // 2)
-        _stop_gracefully(gunicorn, signal.SIGTERM)
+        answers += send_requests(port, requests // 2, requests // 2)
+        stop_gracefully(gunicorn)
     expected = {"request_handled": requests * 5}
     if at_import:
         expected["at_import"] = at_import
@@ -172,7 +131,7 @@ def test_plain_gevent_script_delivers_and_keeps_its_deadlines(
     pytest.importorskip("gevent")
     script = subprocess.Popen(
         [sys.executable, str(APPS / "gevent_script.py"), patched],
-        env=_environment(server),
+        env=environment(server),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -208,27 +167,18 @@ def test_celery_prefork_workers_deliver_without_user_wiring(
 ) -> None:
     """Pool children end with os._exit() and skip atexit and multiprocessing's finalizers."""
     pytest.importorskip("celery")
-    for folder in ("queue", "processed"):
-        (tmp_path / folder).mkdir()
-    env = _environment(server, SEGOPS_TEST_BROKER_DIR=str(tmp_path))
-    command = [
-        sys.executable, "-m", "celery", "-A", "celery_app", "worker",
-        "-P", "prefork", "-c", "2", *options,
-        "--loglevel", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+    env = environment(server, SEGOPS_TEST_BROKER_DIR=str(tmp_path))
+    command = harness.celery_worker(
+        "celery_app", concurrency=2, options=[*options, "--loglevel", "INFO"]
+    )
     subprocess.run(
         [sys.executable, "celery_app.py", str(tasks)], cwd=APPS, env=env, check=True, timeout=60
     )
-    done = tmp_path / "done"
-    with _running(command, None, env, tmp_path / "log") as worker:
-        deadline = time.monotonic() + 90
-        while not done.exists() or len(done.read_text().splitlines()) < tasks:
-            assert worker.poll() is None, "the Celery worker exited"
-            assert time.monotonic() < deadline, "the tasks did not all run within 90 s"
-            time.sleep(0.1)
+    with running(command, None, env, tmp_path / "log") as worker:
+        lines = harness.wait_for_lines(worker, tmp_path / "done", tasks, timeout=90)
         # Warm shutdown: the pool's children finish and exit.
-        _stop_gracefully(worker, signal.SIGTERM)
-    children = {line.split()[1] for line in done.read_text().splitlines()}
+        stop_gracefully(worker)
+    children = {line.split()[1] for line in lines}
     if options:
         assert len(children) > 2, "no pool child was replaced"
     _assert_stored_exactly_once(server, {"task_ran": tasks})
@@ -244,15 +194,8 @@ def _until_a_new_worker_answers(port: int, seen: set[int]) -> int:
     """
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            connection.request("GET", "/track?request=-1&events=0")
-            pid: int = orjson.loads(connection.getresponse().read())["pid"]
-        except (ConnectionRefusedError, ConnectionResetError):
-            pid = 0
-        finally:
-            connection.close()
-        if pid and pid not in seen:
+        pid: int = harness.get_json(port, "/track?request=-1&events=0")["pid"]
+        if pid not in seen:
             return pid
         time.sleep(0.1)
     raise AssertionError("no recycled worker was replaced within 30 s")
@@ -266,21 +209,17 @@ def test_asgi_workers_with_recycling_and_a_graceful_stop(
     its default action once it has shut down, which ends the worker without exit hooks."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    port = _free_port()
+    port = harness.free_port()
     if server_kind == "uvicorn":
-        command = [
-            sys.executable, "-m", "uvicorn", "asgi_app:app",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "4", "--limit-max-requests", "25", "--no-access-log",
-        ]  # fmt: skip
+        command = harness.uvicorn(port, "asgi_app:app", workers=4, max_requests=25)
     else:
         command = _gunicorn(port, "uvicorn.workers.UvicornWorker", "asgi_app:app")
     requests = 200
-    with _running(command, port, _environment(server), tmp_path / "log") as asgi:
-        answers = _send_requests_tracking_five(port, 0, requests // 2)
+    with running(command, port, environment(server), tmp_path / "log") as asgi:
+        answers = send_requests(port, 0, requests // 2)
         new_worker = _until_a_new_worker_answers(port, set(_pids(answers)))
-        answers += _send_requests_tracking_five(port, requests // 2, requests // 2)
-        _stop_gracefully(asgi, signal.SIGTERM)
+        answers += send_requests(port, requests // 2, requests // 2)
+        stop_gracefully(asgi)
     assert new_worker not in {answer["pid"] for answer in answers[: requests // 2]}
     _assert_stored_exactly_once(server, {"request_handled": requests * 5})
 

@@ -44,6 +44,33 @@ def test_invalid_event_raises_naming_the_problem_and_enqueues_nothing(
     assert client.stats().enqueued == 0
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """``levels`` dicts, each inside the one before."""
+    payload: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        payload = {"a": payload}
+    return payload
+
+
+def test_a_deeply_nested_payload_is_refused_as_invalid_and_a_deep_one_is_sent(
+    server: LocalIngestServer, make_client: MakeClient
+) -> None:
+    client = make_client()
+    for payload in (_nested(300), _nested(254)):
+        with pytest.raises(segops.InvalidEventError, match="nested too deeply") as raised:
+            client.track(user_id="u", event_type="e", payload=payload)
+        assert "254 levels" in str(raised.value)
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    with pytest.raises(segops.InvalidEventError, match="contains itself"):
+        client.track(user_id="u", event_type="e", payload=looped)
+    assert client.stats().enqueued == 0
+    # The deepest payload allowed goes through, whole.
+    client.track(user_id="u", event_type="e", payload=_nested(253))
+    client.flush()
+    assert server.events[0]["payload"] == _nested(253)
+
+
 def test_invalid_event_error_is_both_type_error_and_value_error() -> None:
     assert issubclass(segops.InvalidEventError, TypeError)
     assert issubclass(segops.InvalidEventError, ValueError)

@@ -5,7 +5,7 @@ The row and the workload come from the environment (:data:`ROW_VARIABLE`,
 :data:`EVENTS_VARIABLE`, :data:`INGEST_URL_VARIABLE`), read once when the app is imported
 in the worker. Each request tracks that many events, every one distinct (a number per
 event, and the worker's id), through the row's client with its own default settings,
-built by ``bench/clients.py``.
+built by ``bench/harness/clients.py``.
 
 The rows:
 
@@ -25,7 +25,7 @@ from collections import deque
 from typing import Callable
 
 import orjson
-from clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, keywords, segops_fast_with
+from harness.clients import BUILDERS, NO_OP, SEGOPS_FAST, Client, keywords, segops_fast_with
 
 ROW_VARIABLE = "SEGOPS_BENCH_ROW"
 EVENTS_VARIABLE = "SEGOPS_BENCH_EVENTS_PER_REQUEST"

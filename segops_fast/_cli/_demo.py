@@ -1,13 +1,8 @@
 """``segops-fast demo``: a pre-fork server's life, and proof that each event arrived once.
 
-It starts a LocalIngestServer in its own process. The master creates one client with
-default settings and tracks a few events, as an application does at import; then it
-forks ``--workers`` workers the way gunicorn or uWSGI does, with the client's thread
-running and its events possibly in flight. Each worker tracks its share of ``--events``
-from ``--threads`` threads, flushes and reports. The server then counts, per process,
-the distinct events it stored. Exit status 1 if any event was lost or stored twice.
-
-``--server`` runs the same check under a real server instead (see ``_demo_servers.py``).
+This module owns the command's arguments and its help (:data:`_DESCRIPTION` says what
+the demo does, for the user), the default mode that forks workers itself, and the table
+it prints. ``--server`` is :mod:`._demo_servers`'s.
 """
 
 from __future__ import annotations
@@ -40,11 +35,40 @@ class _WorkerReport:
     latencies_ns: list[int]
 
 
+_DESCRIPTION = """\
+A pre-fork server's life, and proof that each event arrived once.
+
+A local ingest server starts in a process of its own. A master process creates
+one client with default settings and tracks a few events, as an application
+does at import; then it forks --workers workers the way gunicorn or uWSGI does,
+with the client's thread running and its events possibly in flight. Each worker
+tracks its share of --events events from --threads threads, flushes and
+reports. The ingest server then counts, per process, the distinct events it
+stored.
+
+Exit status: 0 if every event was stored exactly once, 1 if any event was lost
+or stored twice.
+"""
+
+
+def _epilog() -> str:
+    rows = "\n".join(
+        f"  {name:<9} {how}\n  {'':<9} (needs: pip install {' '.join(packages)})"
+        for name, (packages, how) in _demo_servers.SERVERS.items()
+    )
+    return (
+        "--server runs the same check under a real server instead: its workers are\n"
+        "recycled after a few requests, and it is stopped gracefully with SIGTERM.\n\n" + rows
+    )
+
+
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "demo",
         help="a pre-fork server's workers track events; verify exactly-once delivery",
-        description=__doc__,
+        description=_DESCRIPTION,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--server",
@@ -57,9 +81,7 @@ def add_parser(commands: Any) -> None:
         type=int,
         help="events over all workers (default 200000; 20000 under a real server)",
     )
-    parser.add_argument(
-        "--workers", type=int, default=4, help="forked worker processes (default 4)"
-    )
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument(
         "--threads", type=int, default=4, help="producer threads per worker (default 4)"
     )

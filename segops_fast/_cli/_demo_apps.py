@@ -20,6 +20,10 @@ import orjson
 from .._client import SegOpsClient
 from ..testing import DEFAULT_SECRET_KEY
 
+if "SEGOPS_DEMO_API_URL" not in os.environ:
+    raise ImportError(
+        "this is the application that segops-fast demo --server runs; run that command"
+    )
 client = SegOpsClient(os.environ["SEGOPS_DEMO_API_URL"], DEFAULT_SECRET_KEY)
 for _index in range(int(os.environ.get("SEGOPS_DEMO_AT_IMPORT", "0"))):
     client.track(user_id="importer", event_type="at_import", payload={"i": _index})

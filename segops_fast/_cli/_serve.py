@@ -1,8 +1,12 @@
-"""``segops-fast serve``: run a LocalIngestServer until interrupted, then print its counts."""
+"""``segops-fast serve``: run a LocalIngestServer until interrupted, then print its counts.
+
+A port that cannot be listened on (in use, or privileged) is one line on stderr and exit
+status 1."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import signal
 import sys
@@ -18,6 +22,8 @@ from ..testing import (
     PublicKey,
     ServerTLS,
 )
+from ..testing._http import MAX_BODY_BYTES
+from ..testing._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_KEPT_EVENTS
 
 
 def add_parser(commands: Any) -> None:
@@ -26,7 +32,15 @@ def add_parser(commands: Any) -> None:
         help="run a local SegOps ingest server (for tests and demos)",
         description="Serve the SegOps ingestion API on 127.0.0.1 until SIGINT or SIGTERM; "
         "the first line printed is 'listening on URL' (with --tls, the second is "
-        "'ca_certs PATH', the CA bundle clients should trust), the last the counts as JSON.",
+        "'ca_certs PATH', the CA bundle clients should trust), the last the counts as JSON. "
+        "Meanwhile GET /_local/summary answers the counts as JSON (unique_events and "
+        "duplicate_events check exactly-once delivery) and POST /_local/reset forgets "
+        "everything. It answers only requests that name it 127.0.0.1, localhost or [::1] "
+        f"with its port, none from web pages to /_local/, no body over "
+        f"{MAX_BODY_BYTES // 2**20} MiB; "
+        f"it keeps at most {DEFAULT_MAX_KEPT_EVENTS:,} events (later ones are "
+        "answered and counted as events_not_kept) and closes connections idle for "
+        f"{DEFAULT_IDLE_TIMEOUT:g} s.",
     )
     parser.add_argument("--port", type=int, default=8008, help="0 picks a free port (default 8008)")
     parser.add_argument(
@@ -93,11 +107,27 @@ def run(arguments: argparse.Namespace) -> int:
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
-    with server:
+    try:
+        server.start()
+    except OSError as error:
+        print(f"segops-fast serve: {_listen_problem(arguments.port, error)}", file=sys.stderr)
+        return 1
+    try:
         print(f"listening on {server.url}", flush=True)
         if tls is not None and tls.ca_certs is not None:
             print(f"ca_certs {tls.ca_certs}", flush=True)
         while not stop.wait(0.5):
             pass
         sys.stdout.write(orjson.dumps(server.summary()).decode() + "\n")
+    finally:
+        server.stop()
     return 0
+
+
+def _listen_problem(port: int, error: OSError) -> str:
+    where = f"127.0.0.1:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return f"{where} is in use; choose another port with --port (--port 0 picks a free one)"
+    if error.errno == errno.EACCES:
+        return f"{where} needs privileges; choose a port above 1023 with --port"
+    return f"cannot listen on {where}: {error.strerror or error}"

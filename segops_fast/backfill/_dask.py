@@ -6,6 +6,11 @@ sends its batches under the same Idempotency-Keys), and bringing back to the cal
 happened inside the workers: the counts, summed into one :class:`Summary`, and the events
 that were invalid or failed, handed to ``on_invalid`` and ``on_failed`` in the caller's
 process rather than lost in a worker's. It imports Dask only when called.
+
+It takes no API key: a task's arguments are in the task graph, which any client of the
+scheduler can read, so each worker reads the key from its own environment
+(``SEGOPS_API_KEY``, or the file ``SEGOPS_API_KEY_FILE`` names), as :func:`send_events`
+does without ``api_key``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ def send_bag(
     bag: Bag,
     *,
     api_url: str,
-    api_key: str,
     source: str,
     on_failed: OnFailed | None = None,
     on_invalid: OnInvalid | None = None,
@@ -66,10 +70,19 @@ def send_bag(
     :func:`send_events`'s (``concurrency``, ``batch_bytes``, ``rate`` per partition, ...).
     ``on_invalid`` and ``on_failed`` are called here, after the tasks, with what each
     partition gave up: a partition's invalid and failed events travel back with its result.
+
+    The workers read the API key from their own environment: set ``SEGOPS_API_KEY``, or
+    ``SEGOPS_API_KEY_FILE`` to a file that holds it, where each worker starts.
     """
     import dask  # noqa: PLC0415 (the dask extra: imported only when used)
 
-    arguments = {"api_url": api_url, "api_key": api_key, **options}
+    if "api_key" in options:
+        raise TypeError(
+            "send_bag takes no api_key: it would travel in the task graph, which any client "
+            "of the scheduler can read; set SEGOPS_API_KEY (or SEGOPS_API_KEY_FILE) in the "
+            "workers' environment instead"
+        )
+    arguments = {"api_url": api_url, **options}
     # A misspelled option fails here, not in every task.
     inspect.signature(send_events).bind([], **arguments)
     began = time.monotonic()

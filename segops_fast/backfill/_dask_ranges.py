@@ -9,12 +9,22 @@ task's reports to the coordinator. A task's reports are applied only once it has
 finished, so a task that Dask runs again after its worker died counts, and writes its
 dead letters, once. The coordinator (:class:`~segops_fast.backfill._job.Job`) keeps the
 checkpoint and the dead-letter file on its own machine, as without Dask.
+
+The API key never travels in the task graph (any client of the scheduler can read a
+graph, and over ``tcp://`` it crosses the network in clear): each worker reads it from its
+own environment (``SEGOPS_API_KEY`` or ``SEGOPS_API_KEY_FILE``), and the coordinator
+checks, before anything is sent, that every worker holds the same key as it does, by
+comparing an HMAC of the key under a fresh random nonce (neither the key nor a reusable
+digest of it leaves a machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
+import secrets
 import stat
 import time
 import uuid
@@ -22,6 +32,7 @@ from collections.abc import Callable
 
 from distributed import Client, Variable, as_completed, get_worker
 
+from ._api_key import api_key_from_environment
 from ._engine import SendSettings
 from ._input import InputRange
 from ._worker import Message, Report, send_ranges
@@ -58,17 +69,28 @@ class DaskRunner:
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
 
-    def check_inputs(self, paths: list[str]) -> None:
-        """Raise ``ValueError`` naming the path and the worker when a worker cannot read an
-        input, or sees a file of another size there (not the same file)."""
+    def check_workers(self, paths: list[str], api_key: str) -> None:
+        """Raise ``ValueError`` naming the worker when a worker cannot read an input, sees
+        a file of another size there (not the same file), or holds no key or another key
+        than ``api_key``."""
+        nonce = secrets.token_bytes(16)
         try:
-            seen: dict[str, list[int | str]] = self._client.run(look_at_inputs, paths)
+            seen: dict[str, tuple[str | None, list[int | str]]] = self._client.run(
+                look_at_worker, paths, nonce
+            )
         except Exception as error:  # the worker's own exception, e.g. no segops_fast there
             raise ValueError(
                 f"the Dask workers at {self.address} cannot run segops-fast ({error}): "
                 "install segops-fast[dask] on every worker"
             ) from None
-        for worker, sizes in sorted(seen.items()):
+        for worker, (proof, sizes) in sorted(seen.items()):
+            if proof is None or not hmac.compare_digest(proof, key_proof(api_key, nonce)):
+                raise ValueError(
+                    f"worker {worker} has {'no API key' if proof is None else 'another API key'}"
+                    ": with --dask, each worker reads the key from its own environment (set "
+                    "SEGOPS_API_KEY, or SEGOPS_API_KEY_FILE to a file that holds it, where the "
+                    "worker starts), so that it never travels in the task graph"
+                )
             for path, size in zip(paths, sizes):
                 if isinstance(size, str):
                     raise ValueError(
@@ -97,7 +119,10 @@ class DaskRunner:
         that failed (their ranges are left for a resume)."""
         share = min(self.threads, len(to_do))
         if settings.rate is not None:
+            # At most ``share`` tasks run at once: each has its part of the rate in all.
             settings = dataclasses.replace(settings, rate=settings.rate / max(1, share))
+        # Each worker reads the key from its own environment (see the module's docstring).
+        settings = dataclasses.replace(settings, api_key="")
         run = f"segops-fast-send-{uuid.uuid4().hex}"
         heartbeat = Variable(run, client=self._client)
         beats = 0
@@ -166,8 +191,18 @@ class DaskRunner:
         self._client.close()
 
 
-def look_at_inputs(paths: list[str]) -> list[int | str]:
-    """Run on each worker: each path's size, or what stops this worker reading it."""
+def key_proof(api_key: str, nonce: bytes) -> str:
+    """Shows that one holds ``api_key`` without showing it: its HMAC under ``nonce``."""
+    return hmac.new(nonce, api_key.encode(), hashlib.sha256).hexdigest()
+
+
+def look_at_worker(paths: list[str], nonce: bytes) -> tuple[str | None, list[int | str]]:
+    """Run on each worker: the proof of its API key (None without a usable one), and each
+    path's size or what stops this worker reading it."""
+    try:
+        proof: str | None = key_proof(api_key_from_environment(), nonce)
+    except ValueError:
+        proof = None
     seen: list[int | str] = []
     for path in paths:
         try:
@@ -177,7 +212,7 @@ def look_at_inputs(paths: list[str]) -> list[int | str]:
             seen.append(error.strerror or str(error))
             continue
         seen.append(status.st_size if stat.S_ISREG(status.st_mode) else "not a regular file")
-    return seen
+    return proof, seen
 
 
 def run_range(
@@ -191,6 +226,7 @@ def run_range(
 ) -> list[Message]:
     """A task: send one range from ``start``; return what was reported, in order."""
     messages: list[Message] = []
+    settings = dataclasses.replace(settings, api_key=api_key_from_environment())
     coordinator = _Coordinator(run)
     try:
         send_ranges(

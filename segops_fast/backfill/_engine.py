@@ -14,10 +14,18 @@ reported; a batch that only met 429, 5xx or silence is sent again until one or t
 The *watermark* is the end position of the longest settled prefix of the stream:
 everything before it needs no sending again.
 A stopped engine leaves unsettled batches alone; they are what a resume sends again.
+
+The engine stops by itself, saying why in :attr:`StreamSender.stop_cause`, when waiting
+cannot help: TLS or the proxy refused the connection, the API refused the key (401, 403;
+the batch stays unsettled, for a resume with the right key), or something unexpected
+went wrong in a sender (the batch it held is given up as failed, and the cause is named
+by its type only: the text of a header error holds the header, API key included). While
+the API cannot be reached it waits, telling ``on_waiting`` why once per stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import queue
 import threading
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 
 from .._batching import Batch
 from .._delivery import (
+    REASON_FAILED,
     REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
     Deadline,
@@ -35,6 +44,7 @@ from .._delivery import (
     RetryPolicy,
 )
 from .._encoding import Record
+from .._errors import SegOpsApiError
 from .._options import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
@@ -46,16 +56,40 @@ from .._options import (
     positive,
 )
 from .._proxy import resolve_proxy
+from .._secrets import mask_key
 from .._stats import DeliveryCounters
+from .._tls import TLSSettings
 from .._transport import COMPRESSIONS, NetworkConfigError, Transport
+from ._api_key import check_api_key
 
 _BODY_ENVELOPE_BYTES = len(b'{"events":[]}')
 #: Requests in flight per process: enough to keep a local server busy while this process
 #: parses the next batch.
 DEFAULT_CONCURRENCY = 4
+#: The smallest ``batch_bytes``: a body with one event of the largest size.
+MIN_BATCH_BYTES = DEFAULT_MAX_EVENT_BYTES + _BODY_ENVELOPE_BYTES
+#: Under a rate, a batch holds at most this share of a second's events, so that pacing
+#: batch by batch keeps every second within about this share of the rate.
+_PACING_SHARE = 0.01
+#: The statuses that refuse the key itself: every other batch would meet them too.
+_KEY_REFUSED = (401, 403)
+
+
+def batch_events_for(rate: float | None) -> int | None:
+    """The most events in one batch under ``rate`` events/s in all (None: no limit)."""
+    return None if rate is None else max(1, int(rate * _PACING_SHARE))
 
 
 @dataclass(frozen=True)
+class StopCause:
+    """Why an engine stopped by itself: what happened, in words, and the setting (a keyword
+    of :func:`send_events`) that fixes it, for an interface to name in its own terms."""
+
+    message: str
+    setting: str | None = None
+
+
+@dataclass(frozen=True, repr=False)
 class SendSettings:
     """How one process sends: where, how much at once, how fast, how persistently."""
 
@@ -72,6 +106,18 @@ class SendSettings:
     #: As the client's options: None takes the proxy from the environment, "" is none.
     proxy: str | None = None
     compression: str | None = None
+    #: A PEM bundle of the CAs to trust instead of the system's.
+    ca_certs: str | None = None
+    #: The most events in one batch (see :func:`batch_events_for`), or None.
+    batch_events: int | None = None
+
+    def __repr__(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["api_key"] = mask_key(self.api_key) if self.api_key else ""
+        if self.proxy:
+            fields["proxy"] = mask_url_password(self.proxy)
+        shown = ", ".join(f"{name}={value!r}" for name, value in fields.items())
+        return f"SendSettings({shown})"
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first unusable setting."""
@@ -84,8 +130,9 @@ class SendSettings:
             )
         if not self.api_key:
             raise ValueError("the API key is empty")
+        check_api_key(self.api_key, "api_key")
         at_least("concurrency", self.concurrency, 1)
-        at_least("batch_bytes", self.batch_bytes, DEFAULT_MAX_EVENT_BYTES + _BODY_ENVELOPE_BYTES)
+        at_least("batch_bytes", self.batch_bytes, MIN_BATCH_BYTES)
         if self.rate is not None:
             positive("rate", self.rate)
         positive("timeout", self.timeout)
@@ -95,6 +142,20 @@ class SendSettings:
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
         resolve_proxy(self.proxy, self.api_url)
+        TLSSettings(self.ca_certs).check()
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with the password of its user information masked, whatever characters the
+    password holds (``/``, ``@`` or ``:`` included)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    user_information, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = user_information.partition(":")[0]
+    return f"{scheme}{separator}{user}:***@{host}"
 
 
 @dataclass
@@ -106,10 +167,31 @@ class Settled:
     failed: int
 
 
-#: Called with events given up (as dicts' JSON), why, and the error, before the watermark
-#: passes them: the caller writes them down first.
-OnFailed = Callable[[GivenUp], None]
+#: Called with events given up (as dicts' JSON), why, and the error, and the stream position
+#: just after the batch that held them, before the watermark passes them: the caller
+#: writes them down first.
+OnFailed = Callable[[GivenUp, int], None]
 OnSettled = Callable[[Settled], None]
+#: Told why the API cannot be reached, once per stream, when the engine starts waiting.
+OnWaiting = Callable[[str], None]
+
+
+class _Pacer:
+    """Turns under a rate, for the sender threads of one stream: each batch takes the next
+    slot, so that events (not batches) are spread evenly, whichever sender sends them. A
+    stall banks no slots for a burst later."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._lock = threading.Lock()
+        self._next_at = time.monotonic()
+
+    def wait_turn(self, events: int, stopped: threading.Event) -> bool:
+        """Wait until ``events`` may go; True if ``stopped`` was set meanwhile."""
+        with self._lock:
+            send_at = max(self._next_at, time.monotonic())
+            self._next_at = send_at + events / self._rate
+        return stopped.wait(max(0.0, send_at - time.monotonic()))
 
 
 class _PendingBatch:
@@ -138,9 +220,12 @@ class StreamSender:
         on_failed: OnFailed,
         on_settled: OnSettled,
         should_stop: Callable[[], bool] = lambda: False,
+        on_waiting: OnWaiting = lambda cause: None,
     ) -> None:
         self._settings = settings
         self._should_stop = should_stop
+        self._on_waiting = on_waiting
+        self._told_waiting = False
         self._source = source.encode("utf-8", "surrogateescape")
         self._on_failed = on_failed
         self._on_settled = on_settled
@@ -150,10 +235,10 @@ class StreamSender:
             max_connections=settings.concurrency,
             proxy=resolve_proxy(settings.proxy, settings.api_url),
             compression=settings.compression,
+            tls=TLSSettings(settings.ca_certs),
         )
-        #: Why the engine stopped by itself: TLS or the proxy refused every connection,
-        #: which waiting does not fix. None otherwise.
-        self.error: str | None = None
+        #: Why the engine stopped by itself (see the module's docstring); None otherwise.
+        self.stop_cause: StopCause | None = None
         self._policy = RetryPolicy(
             settings.max_retries, settings.backoff_base, settings.backoff_cap
         )
@@ -178,7 +263,7 @@ class StreamSender:
         self._batch_end = start
         self._batch_size = _BODY_ENVELOPE_BYTES
         self._sequence = 0
-        self._next_send_at = time.monotonic()
+        self._pacer = None if settings.rate is None else _Pacer(settings.rate)
         self._senders = [
             threading.Thread(target=self._run_sender, name=f"segops-fast-backfill-{number}")
             for number in range(settings.concurrency)
@@ -201,7 +286,10 @@ class StreamSender:
         """Queue one event whose input ends at position ``end``; may wait for a free sender."""
         # A backfill's records never carry a stamp: the opening brace, the JSON, a comma.
         size = len(record[1]) + 2
-        if self._records and self._batch_size + size > self._settings.batch_bytes:
+        if self._records and (
+            self._batch_size + size > self._settings.batch_bytes
+            or len(self._records) == self._settings.batch_events
+        ):
             self._cut()
         self._records.append(record)
         self._batch_size += size
@@ -250,18 +338,7 @@ class StreamSender:
         self._records = []
         self._batch_start = self._batch_end
         self._batch_size = _BODY_ENVELOPE_BYTES
-        self._pace(len(records))
         self._put(pending)
-
-    def _pace(self, events: int) -> None:
-        """Hold each batch back until the rate allows it: a token bucket, a batch at a time."""
-        if self._settings.rate is None:
-            return
-        now = time.monotonic()
-        send_at = max(self._next_send_at, now)
-        while time.monotonic() < send_at and not self._stop_if_asked():
-            self._stopped.wait(min(0.1, send_at - time.monotonic()))
-        self._next_send_at = send_at + events / self._settings.rate
 
     def _stop_if_asked(self) -> bool:
         """Checked while waiting on the caller's thread; True once stopped."""
@@ -291,7 +368,31 @@ class StreamSender:
                 continue
             if item is None or self._stopped.is_set():
                 return
-            self._send(item)
+            try:
+                self._send(item)
+            except Exception as error:  # a sender must not die silently
+                try:
+                    self._give_up_unexpectedly(item, error)
+                finally:
+                    # Even if handing the batch over failed too: stopped, with a cause.
+                    self._stop_by_itself(StopCause(_unexpected(error)))
+                return
+
+    def _give_up_unexpectedly(self, pending: _PendingBatch, error: Exception) -> None:
+        """Something no path expects: give the batch up as failed, counted and handed to
+        ``on_failed``, and stop. Named by its type only: ``str()`` of a header error holds
+        the header, API key included."""
+        cause = _unexpected(error)
+        events = pending.batch.events()
+        failed = SegOpsApiError(f"SegOps: {cause}", undelivered=len(events))
+        self._on_failed(GivenUp(events, REASON_FAILED, failed), pending.end)
+        self._settle(pending.sequence, pending.end, 0, len(events))
+
+    def _stop_by_itself(self, cause: StopCause) -> None:
+        with self._lock:
+            if self.stop_cause is None:
+                self.stop_cause = cause
+        self.stop()
 
     def _send(self, pending: _PendingBatch) -> None:
         # Normally one batch; else the halves of one the server found too large, each
@@ -299,6 +400,8 @@ class StreamSender:
         batches = [pending.batch]
         failed = 0
         waits = 0
+        if self._pacer is not None and self._pacer.wait_turn(len(pending.batch), self._stopped):
+            return
         while batches:
             if self._stopped.wait(max(0.0, batches[0].retry_at - time.monotonic())):
                 return
@@ -319,19 +422,42 @@ class StreamSender:
             if isinstance(attempted.unavailable, NetworkConfigError):
                 # TLS or the proxy refused: nothing was sent, and nothing will be until
                 # the configuration changes. Stop (unsettled, for a resume) and say why.
-                self.error = str(attempted.unavailable)
-                self.stop()
+                setting = "proxy" if "proxy" in str(attempted.unavailable) else "ca_certs"
+                self._stop_by_itself(StopCause(str(attempted.unavailable), setting))
                 return
             if attempted.unavailable is not None:
                 # Nothing of these was sent: wait for the API as long as it takes, until
                 # stopped. Reading waits too, once every sender is busy.
+                self._tell_waiting(attempted.unavailable)
                 if self._stopped.wait(self._policy.delay(waits, None)):
                     return
                 waits += 1
+            refused = next(
+                (part for part in attempted.given_up if part.error.status in _KEY_REFUSED), None
+            )
+            if refused is not None:
+                # Every batch would be refused alike: stop, leaving this one unsettled (the
+                # server stored none of it) for a resume with the right key.
+                status = refused.error.status
+                self._stop_by_itself(
+                    StopCause(
+                        f"the API refused the key {mask_key(self._settings.api_key)} (HTTP "
+                        f"{status}), so nothing more is sent",
+                        "api_key",
+                    )
+                )
+                return
             for part in attempted.given_up:
-                self._on_failed(part)
+                self._on_failed(part, pending.end)
                 failed += len(part.events)
         self._settle(pending.sequence, pending.end, len(pending.batch) - failed, failed)
+
+    def _tell_waiting(self, cause: BaseException) -> None:
+        with self._lock:
+            if self._told_waiting:
+                return
+            self._told_waiting = True
+        self._on_waiting(str(cause))
 
     def _settle(self, sequence: int, end: int, sent: int, failed: int) -> None:
         with self._lock:
@@ -346,3 +472,7 @@ class StreamSender:
             self._watermark = settled.watermark
             # Reported under the lock, so that reports arrive in order of position.
             self._on_settled(settled)
+
+
+def _unexpected(error: Exception) -> str:
+    return f"unexpected {type(error).__name__} while sending (a bug: please report it)"

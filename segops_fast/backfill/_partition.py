@@ -28,7 +28,8 @@ from .._options import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
 )
-from ._engine import DEFAULT_CONCURRENCY, SendSettings, Settled, StreamSender
+from ._api_key import api_key_from_environment
+from ._engine import DEFAULT_CONCURRENCY, SendSettings, Settled, StreamSender, batch_events_for
 from ._worker import encode_input_event
 
 
@@ -54,7 +55,7 @@ def send_events(
     events: Iterable[Any],
     *,
     api_url: str,
-    api_key: str,
+    api_key: str | None = None,
     source: str = "",
     concurrency: int = DEFAULT_CONCURRENCY,
     batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -63,6 +64,7 @@ def send_events(
     max_retries: int = DEFAULT_MAX_RETRIES,
     backoff_base: float = DEFAULT_BACKOFF_BASE,
     backoff_cap: float = DEFAULT_BACKOFF_CAP,
+    ca_certs: str | None = None,
     on_failed: Callable[[list[dict[str, Any]], str], None] | None = None,
     on_invalid: Callable[[Any, str], None] | None = None,
 ) -> Summary:
@@ -73,11 +75,18 @@ def send_events(
     receives the events given up (refused, or retries exhausted) with the reason;
     ``on_invalid`` each event that is not valid, with what is wrong with it. Invalid
     settings raise ``ValueError``. While the API cannot be reached, it waits; when TLS or
-    the proxy refuses the connection, it raises :class:`~segops_fast.SegOpsApiError`.
+    the proxy refuses the connection, or the API refuses the key (401, 403), it raises
+    :class:`~segops_fast.SegOpsApiError` at once.
+
+    Without ``api_key``, the key is read from ``SEGOPS_API_KEY``, or from the file that
+    ``SEGOPS_API_KEY_FILE`` names, in this process's environment: a task on a cluster
+    finds it there, rather than in the task's arguments. ``ca_certs`` is a PEM bundle of
+    the CAs to trust instead of the system's. Under a ``rate``, batches hold at most a
+    hundredth of a second's events, so that the events, not the batches, are paced.
     """
     settings = SendSettings(
         api_url=api_url,
-        api_key=api_key,
+        api_key=api_key_from_environment() if api_key is None else api_key,
         concurrency=concurrency,
         batch_bytes=batch_bytes,
         rate=rate,
@@ -85,6 +94,8 @@ def send_events(
         max_retries=max_retries,
         backoff_base=backoff_base,
         backoff_cap=backoff_cap,
+        ca_certs=ca_certs,
+        batch_events=batch_events_for(rate),
     )
     settings.check()
     totals = {"sent": 0, "failed": 0}
@@ -93,7 +104,7 @@ def send_events(
         totals["sent"] += settled.sent
         totals["failed"] += settled.failed
 
-    def hand_over(given_up: GivenUp) -> None:
+    def hand_over(given_up: GivenUp, end: int) -> None:
         if on_failed is not None:
             on_failed([orjson.loads(event) for event in given_up.events], given_up.reason)
 
@@ -118,7 +129,9 @@ def send_events(
         raise
     finally:
         sender.finish()
-    if sender.error is not None:
-        # TLS or the proxy refused the connection: waiting would never end.
-        raise SegOpsApiError(sender.error, undelivered=position - sum(totals.values()) - invalid)
+    if sender.stop_cause is not None:
+        # TLS, the proxy or the key refused: waiting would never end.
+        raise SegOpsApiError(
+            sender.stop_cause.message, undelivered=position - sum(totals.values()) - invalid
+        )
     return Summary(totals["sent"], totals["failed"], invalid, time.monotonic() - began)

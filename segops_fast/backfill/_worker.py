@@ -19,7 +19,7 @@ import orjson
 
 from .._delivery import GivenUp
 from .._encoding import Record, encode_event, event_fields
-from .._errors import InvalidEventError
+from .._errors import InvalidEventError, describe
 from ._engine import SendSettings, Settled, StreamSender
 from ._input import InputRange, RangeReader, input_identity
 
@@ -30,6 +30,12 @@ Report = Callable[[Message], None]
 #: Lines between two looks at ``should_stop`` and two progress messages.
 _LINES_PER_CHECK = 4096
 
+
+#: Nesting orjson can write (its limit is 254 levels).
+_MAX_DEPTH = 254
+#: A server's error text kept with each failed event in the dead-letter file: a short
+#: reason, never the whole error page once per event.
+MAX_ERROR_CHARS = 200
 
 #: The fields of an event; a line with others is re-serialized without them.
 _EVENT_FIELDS = frozenset(("user_id", "event_type", "occurred_at", "payload"))
@@ -56,7 +62,11 @@ def encode_line(line: bytes, max_event_bytes: int) -> Record:
             and (occurred_at is None or type(occurred_at) is str)
         ):
             text = line.strip()
-            if len(text) <= max_event_bytes:
+            # orjson writes at most 254 levels: a deeper event is refused on the slow path,
+            # as track() refuses it, rather than sent here. Only long lines can be so deep.
+            if len(text) <= max_event_bytes and (
+                len(text) < 2 * _MAX_DEPTH or text.count(b"{") + text.count(b"[") < _MAX_DEPTH
+            ):
                 # The record holds the JSON after its opening brace.
                 return (None, text[1:])
     return encode_input_event(event, max_event_bytes)
@@ -83,7 +93,7 @@ def send_ranges(
     for index, input_range, start in assigned:
         if should_stop():
             return
-        refused = _send_range(
+        stopped_by_itself = _send_range(
             index,
             input_range,
             start,
@@ -92,9 +102,17 @@ def send_ranges(
             report=report,
             should_stop=should_stop,
         )
-        if refused:
-            # TLS or the proxy refused: every other range would be refused the same way.
+        if stopped_by_itself:
+            # TLS, the proxy or the key refused: every other range would be refused alike.
             return
+
+
+def short_error(error: BaseException) -> str:
+    """The error kept with each failed event: what happened (the same text for every
+    batch one cause refused, so causes can be counted), its first
+    :data:`MAX_ERROR_CHARS` characters, on one line."""
+    text = " ".join(describe(error).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _send_range(
@@ -107,13 +125,17 @@ def _send_range(
     report: Report,
     should_stop: Callable[[], bool],
 ) -> bool:
-    """Send one range; True if TLS or the proxy refused the connection (then it stops)."""
+    """Send one range; True if the engine stopped by itself (and said why)."""
 
-    def on_failed(given_up: GivenUp) -> None:
-        report(("failed", index, given_up.events, given_up.reason, str(given_up.error)))
+    def on_failed(given_up: GivenUp, end: int) -> None:
+        error = short_error(given_up.error)
+        report(("failed", index, end, given_up.events, given_up.reason, error))
 
     def on_settled(settled: Settled) -> None:
         report(("settled", index, settled.watermark, settled.sent, settled.failed))
+
+    def on_waiting(cause: str) -> None:
+        report(("waiting", index, cause))
 
     source = input_identity(input_range.path)
     reader = RangeReader(input_range, start)
@@ -124,11 +146,18 @@ def _send_range(
         on_failed=on_failed,
         on_settled=on_settled,
         should_stop=should_stop,
+        on_waiting=on_waiting,
     )
     # From the range's start, so that a resumed run's bar begins where the last one ended.
     read_so_far = input_range.start
     end = start
     lines = 0
+
+    def invalid(line: bytes, reason: str) -> None:
+        number = reader.lines_before_start() + lines
+        report(("invalid", index, end, number, line, reason))
+        sender.pass_over(end)
+
     try:
         for line, end, too_long in reader.lines():
             lines += 1
@@ -140,33 +169,30 @@ def _send_range(
                     sender.stop()
                     break
             if too_long:
-                reason = f"line is longer than {len(line)} bytes"
-                report(("invalid", index, reader.lines_before_start() + lines, line[:1024], reason))
-                sender.pass_over(end)
+                invalid(line[:1024], f"line is longer than {len(line)} bytes")
                 continue
             try:
                 record = encode_line(line, max_event_bytes)
             except (orjson.JSONDecodeError, InvalidEventError) as error:
-                if line.strip():
-                    reason = (
-                        str(error)
-                        if isinstance(error, InvalidEventError)
-                        else (f"not JSON: {error}")
-                    )
-                    report(("invalid", index, reader.lines_before_start() + lines, line, reason))
-                sender.pass_over(end)
+                if not line.strip():
+                    sender.pass_over(end)
+                elif isinstance(error, InvalidEventError):
+                    invalid(line, str(error))
+                else:
+                    invalid(line, f"not JSON: {error}")
                 continue
             sender.add(record, end)
         else:
             report(("read", index, reader.consumed() - read_so_far))
         sender.finish()
-        if sender.error is not None:
-            report(("error", index, sender.error))
+        cause = sender.stop_cause
+        if cause is not None:
+            report(("error", index, cause.message, cause.setting))
         elif not sender.stopped and sender.watermark == end:
             report(("finished", index, end))
     finally:
         reader.close()
-    return sender.error is not None
+    return sender.stop_cause is not None
 
 
 def run_in_worker_process(
@@ -196,6 +222,7 @@ def run_in_worker_process(
             should_stop=should_stop,
         )
     except Exception as error:  # reported, not lost: the coordinator exits 1 with it
-        messages.put(("error", -1, f"{type(error).__name__}: {error}"))
+        # By its type only: an error's text can hold what it was given (a key).
+        messages.put(("error", -1, f"the worker process failed: {type(error).__name__}", None))
     finally:
         messages.put(("exit", -1))

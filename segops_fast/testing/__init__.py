@@ -12,8 +12,8 @@ from ._server import (
     DEFAULT_SECRET_KEY,
     LocalIngestServer,
     PublicKey,
-    ReceivedEvent,
 )
+from ._store import ReceivedEvent
 from ._tls import ServerTLS
 
 __all__ = [

@@ -30,6 +30,8 @@ class DaskCluster:
     ``directory`` holds the scheduler file, the workers' scratch space and each process's
     log (``scheduler.log``, ``worker-N.log``). ``import_path`` goes on the processes'
     ``PYTHONPATH``: tasks that call the caller's own functions need to import them there.
+    ``environment`` is added to the processes' environment (the API key a worker reads,
+    ``SEGOPS_API_KEY``, for one).
     """
 
     def __init__(
@@ -39,11 +41,12 @@ class DaskCluster:
         *,
         threads: int = 1,
         import_path: list[str] | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._workers = workers
         self._threads = threads
-        self._environment = dict(os.environ)
+        self._environment = {**os.environ, **(environment or {})}
         if import_path:
             inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
             self._environment["PYTHONPATH"] = os.pathsep.join([*import_path, *inherited])

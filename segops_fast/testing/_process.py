@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 import urllib3
 
+from ._app_servers import stop_process
+
 
 class IngestServerProcess:
     """``segops-fast serve`` on a free loopback port, as a context manager."""
@@ -68,9 +70,7 @@ class IngestServerProcess:
 
     def reset(self) -> None:
         """:meth:`LocalIngestServer.reset` of the server process."""
-        self._http.request(
-            "POST", self.url + "/_local/reset", body=b"", timeout=30.0, retries=False
-        )
+        self._http.request("POST", self.url + "/_local/reset", timeout=30.0, retries=False)
 
     def _get(self, path: str) -> Any:
         response = self._http.request("GET", self.url + path, timeout=30.0, retries=False)
@@ -80,12 +80,7 @@ class IngestServerProcess:
         process = self._process
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         if process.stdout is not None:
             process.stdout.close()
         self._process = None

@@ -1,43 +1,34 @@
 """A real SegOps ingest server on loopback, for tests, demos and benchmarks.
 
-This module owns the server side of the wire protocol: the three endpoints with the
-platform's auth rules (secret keys; public keys exchanged for expiring session tokens;
-signed user ids checked with the key's HMAC secret, five minutes either way), 400 for
-malformed requests and 401 for bad credentials, and a record of every event with the
-``Idempotency-Key`` it came with. A request whose key was already stored is answered
-200 and counted, not stored again: the server-side deduplication a real deployment does.
+This module owns the server side of the wire protocol: its lifecycle, the endpoints
+with the platform's auth rules (secret keys; public keys exchanged for expiring session
+tokens, at most :data:`MAX_SESSIONS` of them kept; signed user ids checked with the key's
+HMAC secret, five minutes either way), 400 for malformed requests and 401 for bad
+credentials, and the ``/_local/`` controls (``GET /_local/summary``, ``POST
+/_local/reset``) through which another process checks exactly-once delivery.
 
-It speaks HTTP/1.1 with keep-alive and TCP_NODELAY on every connection: without the
-latter, Nagle's algorithm and delayed ACKs stall each keep-alive response by ~40 ms and
-the server, not the client, is what a benchmark measures. With ``tls`` it speaks HTTPS
-(see :mod:`._tls`), counting handshakes, so that tests can tell a reused connection from
-a new one. Bodies sent with ``Content-Encoding: gzip`` are decompressed; a broken one is
-answered 400.
+What it stores and counts, within ``max_kept_events``, is :mod:`._store`'s; the HTTP side
+(connections, TLS, the Host and Origin checks, the body size limit, idle timeouts and
+faults) is :mod:`._http`'s. With ``tls`` it speaks HTTPS (see :mod:`._tls`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
 import hmac
 import secrets
-import socket
-import ssl
-import struct
-import sys
 import threading
 import time
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 
-from ._faults import HANG, RESET_AFTER_STORE, RESET_BEFORE_BODY, STATUS, Faults
+from ._faults import Faults
+from ._http import INGEST_PATHS, HTTPServer
+from ._store import ReceivedEvent, Store
 from ._tls import ServerTLS
 
 #: Accepted as a secret key unless the server is told otherwise.
@@ -47,8 +38,13 @@ DEFAULT_PUBLIC_KEY = "pk_test_local"
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 
-#: The endpoints that faults apply to.
-INGEST_PATHS = ("/api/ingestion/track/", "/api/ingestion/track/batch/")
+#: Events kept (for :attr:`LocalIngestServer.events` and the summary) unless the server is
+#: told otherwise: about 2 GB of memory at the most (bench/soak.py keeps 1.5 million).
+DEFAULT_MAX_KEPT_EVENTS = 2_000_000
+#: Seconds a connection may sit idle (or stall mid-request) before the server closes it.
+DEFAULT_IDLE_TIMEOUT = 120.0
+#: Session tokens kept; minting one more forgets the oldest (expired ones go first).
+MAX_SESSIONS = 10_000
 
 #: The batch endpoints of Segment's (``/v1/batch``) and PostHog's (``/batch/``) SDKs.
 PEER_BATCH_PATHS = ("/v1/batch", "/batch/")
@@ -64,40 +60,10 @@ class PublicKey:
     require_signed_user_id: bool = False
 
 
-@dataclass(frozen=True)
-class ReceivedEvent:
-    event: dict[str, Any]
-    idempotency_key: str | None
-
-
 @dataclass
 class _Session:
     expires_at: float
     user_id: str | None
-
-
-@dataclass
-class _Record:
-    """Everything the server saw; guarded by the server's lock."""
-
-    #: Each stored request's events with its key: one list per request, not an object
-    #: per event, so storing costs the server next to nothing at 300,000 events/s.
-    stored: list[tuple[str | None, list[dict[str, Any]]]] = field(default_factory=list)
-    event_count: int = 0
-    keys_seen: set[str] = field(default_factory=set)
-    requests: int = 0
-    repeated_key_requests: int = 0
-    repeated_key_events: int = 0
-    rejected_requests: int = 0
-    sessions_minted: int = 0
-    #: Ingest requests that met a scripted fault instead of a plain answer.
-    faults_acted: int = 0
-    #: TLS handshakes completed and failed (with ``tls`` only): one per connection.
-    tls_handshakes: int = 0
-    tls_handshake_failures: int = 0
-    #: Requests whose body came gzipped, and the largest body of any request once decoded.
-    gzip_requests: int = 0
-    largest_body: int = 0
 
 
 class LocalIngestServer:
@@ -115,6 +81,8 @@ class LocalIngestServer:
         public_keys: Mapping[str, PublicKey] | None = None,
         token_ttl: float = 3600.0,
         tls: ServerTLS | None = None,
+        max_kept_events: int = DEFAULT_MAX_KEPT_EVENTS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._requested_port = port
         #: HTTPS when given: ``ServerTLS.for_loopback()`` makes a certificate for
@@ -125,13 +93,14 @@ class LocalIngestServer:
             {DEFAULT_PUBLIC_KEY: PublicKey()} if public_keys is None else public_keys
         )
         self.token_ttl = token_ttl
+        self.idle_timeout = idle_timeout
         #: What the next ingest requests suffer; see :class:`Faults`.
         self.faults = Faults()
+        self._store = Store(max_kept_events)
+        #: Guards the sessions.
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
-        self._record = _Record()
         self._sessions: dict[str, _Session] = {}
-        self._http: _HTTPServer | None = None
+        self._http: HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -140,7 +109,7 @@ class LocalIngestServer:
         if self._http is not None:
             raise RuntimeError("LocalIngestServer is already running")
         context = None if self.tls is None else self.tls.context()
-        self._http = _HTTPServer(("127.0.0.1", self._requested_port), _Handler, self, context)
+        self._http = HTTPServer(("127.0.0.1", self._requested_port), self, context)
         # Later restarts reuse the port, so the client's URL stays valid across an outage.
         self._requested_port = self._http.server_address[1]
         self._thread = threading.Thread(
@@ -184,91 +153,55 @@ class LocalIngestServer:
     @property
     def received(self) -> list[ReceivedEvent]:
         """Every stored event with the Idempotency-Key it came with, in arrival order."""
-        with self._lock:
-            stored = list(self._record.stored)
-        return [ReceivedEvent(event, key) for key, events in stored for event in events]
+        return self._store.received()
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        with self._lock:
-            stored = list(self._record.stored)
-        return [event for _, events in stored for event in events]
+        return self._store.events()
 
     @property
     def event_count(self) -> int:
-        with self._lock:
-            return self._record.event_count
+        return self._store.counts().event_count
 
     @property
     def request_count(self) -> int:
-        with self._lock:
-            return self._record.requests
+        return self._store.counts().requests
 
     @property
     def tls_handshakes(self) -> int:
         """TLS handshakes completed, one per connection a client opened."""
-        with self._lock:
-            return self._record.tls_handshakes
+        return self._store.counts().tls_handshakes
+
+    @property
+    def tls_handshake_failures(self) -> int:
+        return self._store.counts().tls_handshake_failures
 
     @property
     def gzip_requests(self) -> int:
         """Requests that came with ``Content-Encoding: gzip`` (and decoded)."""
-        with self._lock:
-            return self._record.gzip_requests
+        return self._store.counts().gzip_requests
 
     @property
     def largest_body(self) -> int:
         """The largest request body received, in bytes, after decoding any gzip."""
-        with self._lock:
-            return self._record.largest_body
-
-    @property
-    def tls_handshake_failures(self) -> int:
-        with self._lock:
-            return self._record.tls_handshake_failures
+        return self._store.counts().largest_body
 
     def wait_for_events(self, count: int, timeout: float) -> bool:
         """Wait until at least ``count`` events are stored; False if ``timeout`` passes first."""
-        with self._arrived:
-            return self._arrived.wait_for(lambda: self._record.event_count >= count, timeout)
+        return self._store.wait_for_events(count, timeout)
 
     def summary(self) -> dict[str, int]:
         """Counts for exactly-once checks: ``duplicate_events`` are stored events identical
         to another stored event; ``repeated_key_events`` arrived again under a key already
-        stored and were not stored twice."""
-        stored = self.events
-        with self._lock:
-            record = self._record
-            counts = {
-                "requests": record.requests,
-                "rejected_requests": record.rejected_requests,
-                "sessions_minted": record.sessions_minted,
-                "faults_acted": record.faults_acted,
-                "events": len(stored),
-                "repeated_key_requests": record.repeated_key_requests,
-                "repeated_key_events": record.repeated_key_events,
-            }
-        unique = _unique_count(stored)
-        counts["unique_events"] = unique
-        counts["duplicate_events"] = len(stored) - unique
-        return counts
+        stored and were not stored twice. ``events_not_kept`` were answered 200 past the
+        keep limit (``keep_limit_reached``): the other counts leave them out.
+
+        Another process reads the same as JSON: ``GET /_local/summary``."""
+        return self._store.summary()
 
     def summary_by_event_type(self) -> dict[str, dict[str, int]]:
         """``events``, ``unique_events`` and ``duplicate_events`` for each event type."""
-        by_type: dict[str, list[dict[str, Any]]] = {}
-        for event in self.events:
-            # Segment and PostHog messages name their type "event".
-            event_type = event.get("event_type", event.get("event", ""))
-            by_type.setdefault(str(event_type), []).append(event)
-        counts = {}
-        for event_type, events in sorted(by_type.items()):
-            unique = _unique_count(events)
-            counts[event_type] = {
-                "events": len(events),
-                "unique_events": unique,
-                "duplicate_events": len(events) - unique,
-            }
-        return counts
+        return self._store.summary_by_event_type()
 
     def revoke_sessions(self) -> None:
         """Invalidate every session token, as a key rotation would: the next use gets 401."""
@@ -276,9 +209,9 @@ class LocalIngestServer:
             self._sessions.clear()
 
     def reset(self) -> None:
-        """Forget every event and counter (sessions stay valid)."""
-        with self._lock:
-            self._record = _Record()
+        """Forget every event and counter (sessions stay valid). Another process does the
+        same with ``POST /_local/reset`` (no body needed)."""
+        self._store.reset()
 
     # -- request handling (called on the server's threads) ---------------------------------
 
@@ -291,11 +224,10 @@ class LocalIngestServer:
             return 200, self.summary_by_event_type()
         if method == "POST" and path == "/_local/reset":
             self.reset()
-            return 200, {}
+            return 200, {"reset": True}
         if method != "POST":
             return 405, {"detail": "method not allowed"}
-        with self._lock:
-            self._record.requests += 1
+        self._store.add(requests=1)
         if path == "/api/auth/session/":
             status, answer = self._mint(headers.get("Authorization", ""), body)
         elif path in INGEST_PATHS:
@@ -305,33 +237,8 @@ class LocalIngestServer:
         else:
             status, answer = 404, {"detail": f"no endpoint {path}"}
         if status >= 400:
-            with self._lock:
-                self._record.rejected_requests += 1
+            self._store.add(rejected_requests=1)
         return status, answer
-
-    def _handshake(self, succeeded: bool) -> None:
-        with self._lock:
-            if succeeded:
-                self._record.tls_handshakes += 1
-            else:
-                self._record.tls_handshake_failures += 1
-
-    def _received_gzip(self) -> None:
-        with self._lock:
-            self._record.gzip_requests += 1
-
-    def _received_body(self, size: int) -> None:
-        with self._lock:
-            self._record.largest_body = max(self._record.largest_body, size)
-
-    def _fault_acted(self) -> None:
-        with self._lock:
-            self._record.faults_acted += 1
-
-    def _rejected(self) -> None:
-        with self._lock:
-            self._record.requests += 1
-            self._record.rejected_requests += 1
 
     def _mint(self, authorization: str, body: bytes) -> tuple[int, Any]:
         scheme, _, key = authorization.partition(" ")
@@ -352,12 +259,25 @@ class LocalIngestServer:
         token = secrets.token_urlsafe(24)
         expires_at = time.time() + self.token_ttl
         with self._lock:
+            self._forget_sessions_past(MAX_SESSIONS - 1)
             self._sessions[token] = _Session(
                 expires_at, user_id if isinstance(user_id, str) else None
             )
-            self._record.sessions_minted += 1
+        self._store.add(sessions_minted=1)
         moment = datetime.fromtimestamp(expires_at, timezone.utc).isoformat()
         return 200, {"token": token, "expires_at": moment}
+
+    def _forget_sessions_past(self, count: int) -> None:
+        """Keep at most ``count`` sessions: the expired ones go first, then the oldest.
+        Call with the lock held."""
+        if len(self._sessions) <= count:
+            return
+        now = time.time()
+        for token in [t for t, session in self._sessions.items() if session.expires_at <= now]:
+            del self._sessions[token]
+        while len(self._sessions) > count:
+            # Dicts keep insertion order: the first token is the oldest.
+            del self._sessions[next(iter(self._sessions))]
 
     def _ingest(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
         problem = self._credential_problem(headers.get("Authorization", ""))
@@ -388,18 +308,7 @@ class LocalIngestServer:
                 if _event_problem(event)
             )
             return 400, {"detail": f"event {position}: {problem}"}
-        key = headers.get("Idempotency-Key")
-        with self._arrived:
-            record = self._record
-            if key is not None and key in record.keys_seen:
-                record.repeated_key_requests += 1
-                record.repeated_key_events += len(events)
-            else:
-                if key is not None:
-                    record.keys_seen.add(key)
-                record.stored.append((key, events))
-                record.event_count += len(events)
-                self._arrived.notify_all()
+        self._store.keep(headers.get("Idempotency-Key"), events)
         return 200, {"accepted": len(events)}
 
     def _ingest_peer_batch(self, body: bytes) -> tuple[int, Any]:
@@ -409,10 +318,7 @@ class LocalIngestServer:
         messages = None if document is None else document.get("batch")
         if not isinstance(messages, list):
             return 400, {"detail": 'a batch must be {"batch": [...]}'}
-        with self._arrived:
-            self._record.stored.append((None, messages))
-            self._record.event_count += len(messages)
-            self._arrived.notify_all()
+        self._store.keep(None, messages)
         return 200, {"status": "Ok"}
 
     def _credential_problem(self, authorization: str) -> str | None:
@@ -432,10 +338,6 @@ class LocalIngestServer:
                 return "session token expired"
             return None
         return "missing or malformed Authorization header"
-
-
-def _unique_count(events: list[dict[str, Any]]) -> int:
-    return len({orjson.dumps(event, option=orjson.OPT_SORT_KEYS) for event in events})
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -475,148 +377,3 @@ def _signature_problem(
     if not hmac.compare_digest(expected, signature):
         return "user_id_sig does not match user_id and user_id_ts"
     return None
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type,
-        owner: LocalIngestServer,
-        tls: ssl.SSLContext | None,
-    ) -> None:
-        self.owner = owner
-        self.tls = tls
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept; with TLS, wrap the socket, leaving the handshake to the handler's thread
-        (a slow or failing client must not hold up the accepting one)."""
-        connection, address = super().get_request()
-        if self.tls is not None:
-            connection = self.tls.wrap_socket(
-                connection, server_side=True, do_handshake_on_connect=False
-            )
-        return connection, address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet about clients that went away (a timed-out retry, a staged reset)."""
-        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
-            return
-        super().handle_error(request, client_address)
-
-    def close_all_connections(self) -> None:
-        """Wake handler threads blocked on idle keep-alive connections, so they end."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-
-    def setup(self) -> None:
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(10.0)
-            try:
-                self.request.do_handshake()
-            except (OSError, ssl.SSLError):
-                self.server.owner._handshake(succeeded=False)
-                raise
-            self.server.owner._handshake(succeeded=True)
-            self.request.settimeout(None)
-        super().setup()
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def _serve(self, method: str) -> None:
-        owner = self.server.owner
-        length = self.headers.get("Content-Length")
-        if method == "POST" and length is None:
-            self._respond(411, {"detail": "Content-Length is required"})
-            return
-        faults = owner.faults
-        fault = None
-        if method == "POST" and self.path in INGEST_PATHS:
-            if faults.latency:
-                time.sleep(faults.latency)
-            fault = faults.next_fault()
-            if fault is not None:
-                owner._fault_acted()
-                if fault.kind == HANG:
-                    time.sleep(fault.seconds)
-                elif fault.kind == RESET_BEFORE_BODY:
-                    self._reset_connection()
-                    return
-        body = self.rfile.read(int(length)) if length else b""
-        if self.headers.get("Content-Encoding", "").lower() == "gzip":
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error):
-                owner._rejected()
-                self._respond(400, {"detail": "Content-Encoding: gzip, but the body is not gzip"})
-                return
-            owner._received_gzip()
-        owner._received_body(len(body))
-        if fault is not None and fault.kind == STATUS:
-            extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            self._respond(fault.status, {"detail": "a scripted fault"}, extra)
-            return
-        limit = faults.max_body_bytes
-        if limit is not None and self.path in INGEST_PATHS and len(body) > limit:
-            owner._rejected()
-            self._respond(413, {"detail": f"the body is over {limit} bytes"})
-            return
-        headers = dict(self.headers.items())
-        status, answer = owner._handle(method, self.path, headers, body)
-        if fault is not None and fault.kind == RESET_AFTER_STORE:
-            self._reset_connection()
-            return
-        self._respond(status, answer)
-
-    def _respond(
-        self, status: int, answer: Any, extra_headers: dict[str, str] | None = None
-    ) -> None:
-        payload = orjson.dumps(answer)
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (extra_headers or {}).items())
-        # Status line, headers and body in one write: one segment for small responses.
-        head = (
-            f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n"
-            f"{extra}\r\n"
-        ).encode("latin-1")
-        self.wfile.write(head + payload)
-
-    def _reset_connection(self) -> None:
-        """Close with a TCP reset (RST), not a polite FIN: what a crashed proxy does."""
-        self.close_connection = True
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.connection.close()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: a test server that logs every request drowns the test output."""

@@ -18,23 +18,12 @@ from pathlib import Path
 from celery import Celery
 
 import segops_fast as segops
+from segops_fast.testing._app_servers import filesystem_broker
 
 FOLDER = Path(os.environ["SEGOPS_TEST_BROKER_DIR"])
 
-app = Celery("celery_app", broker="filesystem://")
-app.conf.update(
-    broker_transport_options={
-        "data_folder_in": str(FOLDER / "queue"),
-        "data_folder_out": str(FOLDER / "queue"),
-        "processed_folder": str(FOLDER / "processed"),
-        "store_processed": False,
-        "control_folder": str(FOLDER / "control"),
-        # kombu polls the folder once a second unless told otherwise.
-        "polling_interval": 0.05,
-    },
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-)
+app = Celery("celery_app")
+app.conf.update(filesystem_broker(FOLDER))
 
 client = segops.SegOpsClient(os.environ["SEGOPS_TEST_API_URL"], "sk_test_local", flush_interval=60)
 

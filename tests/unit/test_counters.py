@@ -12,32 +12,33 @@ def _snapshot(counters: DeliveryCounters, taken: int, waiting: int) -> Stats:
 def test_taken_events_are_queued_until_acknowledged() -> None:
     counters = DeliveryCounters()
     counters.taken(10)
-    assert _snapshot(counters, 10, 5) == Stats(
-        enqueued=15, sent=0, dropped=0, failed=0, retried=0, batches=0, bytes_sent=0, queued=15
-    )
+    stats = _snapshot(counters, 10, 5)
+    assert (stats.enqueued, stats.queued, stats.sent) == (15, 15, 0)
     counters.acknowledged(6, 600)
     counters.acknowledged(4, 450)
-    assert _snapshot(counters, 10, 0) == Stats(
-        enqueued=10, sent=10, dropped=0, failed=0, retried=0, batches=2, bytes_sent=1050, queued=0
-    )
+    stats = _snapshot(counters, 10, 0)
+    assert (stats.enqueued, stats.sent, stats.queued) == (10, 10, 0)
+    assert (stats.batches, stats.bytes_sent) == (2, 1050)
+    assert (stats.dropped, stats.failed, stats.given_up_by_reason) == (0, 0, {})
 
 
-def test_given_up_events_are_failed_or_dropped_never_both() -> None:
+def test_given_up_events_are_failed_or_dropped_never_both_with_their_reason() -> None:
     counters = DeliveryCounters()
     counters.taken(10)
-    counters.given_up(3, failed=True)
-    counters.given_up(4, failed=False)
+    counters.given_up(3, failed=True, reason="retries_exhausted")
+    counters.given_up(4, failed=False, reason="shutdown_deadline")
     counters.retry()
     stats = _snapshot(counters, 10, 0)
     assert (stats.sent, stats.failed, stats.dropped, stats.retried, stats.queued) == (0, 3, 4, 1, 3)
+    assert stats.given_up_by_reason == {"retries_exhausted": 3, "shutdown_deadline": 4}
 
 
 def test_events_refused_at_track_are_enqueued_and_dropped_never_queued() -> None:
     counters = DeliveryCounters()
-    counters.refused_at_track(2)
-    assert _snapshot(counters, 0, 0) == Stats(
-        enqueued=2, sent=0, dropped=2, failed=0, retried=0, batches=0, bytes_sent=0, queued=0
-    )
+    counters.refused_at_track(2, "queue_full")
+    stats = _snapshot(counters, 0, 0)
+    assert (stats.enqueued, stats.dropped, stats.failed, stats.queued) == (2, 2, 0, 0)
+    assert stats.given_up_by_reason == {"queue_full": 2}
 
 
 def test_an_event_sent_synchronously_is_enqueued_then_sent() -> None:

@@ -211,10 +211,10 @@ def test_a_refusal_fails_the_batch_at_once(status: int) -> None:
         status,
         4,
     )
-    # The server's answer is kept and shown; the key has nothing to do with it.
+    # The server's answer is kept and shown; the key, if named, only masked.
     assert given_up.error.body == "the detail"
     assert "the detail" in str(given_up.error)
-    assert SECRET_KEY[-4:] not in str(given_up.error)
+    assert SECRET_KEY not in str(given_up.error)
     assert (len(transport.requests), counters.retried, attempted.to_retry) == (1, 0, [])
 
 
@@ -464,5 +464,5 @@ def test_a_single_events_retry_that_would_outlast_the_deadline_gives_up_at_once(
     given_up = delivery.deliver_single(b"{}", "k")
     assert given_up is not None
     assert (given_up.reason, given_up.events) == (REASON_SHUTDOWN_DEADLINE, [b"{}"])
-    assert (given_up.error.status, given_up.error.undelivered) == (503, 1)
+    assert given_up.error.undelivered == 1
     assert len(transport.requests) == 1

@@ -58,19 +58,6 @@ def context_switches(status: Path) -> int:
     return total
 
 
-def start_time(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks after boot; None if there is none.
-
-    A process id and its start time name one process for good: an id alone may be
-    reused once its process has ended.
-    """
-    try:
-        # Field 22 of proc(5).
-        return int(_stat_fields(Path(f"/proc/{pid}/stat"))[19])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
 def children_of(pid: int) -> list[int]:
     """The ids of the processes whose parent is ``pid`` (scans ``/proc``)."""
     children = []

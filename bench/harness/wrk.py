@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from processes import started
+from segops_fast.testing._app_servers import started
 
 WRK = "wrk"
 #: wrk runs at a real-time priority (``chrt --fifo``) where this process may grant one:

@@ -26,6 +26,9 @@ from segops_fast._delivery import (
     Delivery,
     RetryPolicy,
 )
+from segops_fast._delivery import (
+    REASON_UNEXPECTED_ERROR,
+)
 from segops_fast._session import SESSION_PATH, SessionManager, anonymous_user
 from segops_fast._stats import DeliveryCounters
 from segops_fast._transport import Response, TransportError, UnreachableError
@@ -466,3 +469,75 @@ def test_a_single_events_retry_that_would_outlast_the_deadline_gives_up_at_once(
     assert (given_up.reason, given_up.events) == (REASON_SHUTDOWN_DEADLINE, [b"{}"])
     assert given_up.error.undelivered == 1
     assert len(transport.requests) == 1
+
+
+# -- what nobody expected, and the deadline's one message -------------------------------------
+
+
+class _SurpriseError(Exception):
+    """A failure no layer below promised (a bug, a library's surprise)."""
+
+
+def test_an_unexpected_exception_gives_the_batch_up_and_sending_goes_on() -> None:
+    delivery, _, counters = _delivery([Response(413, b""), _SurpriseError("api key sk_live_x"), OK])
+    attempted = delivery.attempt_batch(batch(4, "k"))
+    # The first half met the surprise, the second was still sent.
+    (given_up,) = attempted.given_up
+    assert (given_up.reason, given_up.first, len(given_up.events)) == (
+        REASON_UNEXPECTED_ERROR,
+        0,
+        2,
+    )
+    assert given_up.failed
+    assert given_up.error.undelivered == 2
+    assert "_SurpriseError" in str(given_up.error)
+    # Its text may hold a secret: not shown.
+    assert "sk_live_x" not in str(given_up.error)
+    assert [events for events, _ in attempted.acknowledged] == [2]
+    assert counters.retried == 0
+
+
+def test_an_unexpected_exception_sending_one_event_gives_it_up() -> None:
+    delivery, _, _ = _delivery([_SurpriseError("boom")])
+    given_up = delivery.deliver_single(b"{}", "k")
+    assert given_up is not None
+    assert (given_up.reason, given_up.events, given_up.error.undelivered) == (
+        REASON_UNEXPECTED_ERROR,
+        [b"{}"],
+        1,
+    )
+    assert "_SurpriseError" in str(given_up.error)
+
+
+def test_the_deadline_error_names_the_timeout_and_the_last_attempt() -> None:
+    deadline = Deadline()
+    delivery, _, _ = _delivery([Response(503, b"busy")], deadline=deadline)
+    pending = batch(3)
+    delivery.attempt_batch(pending)
+    deadline.set(2.5)
+    deadline.expire_now()
+    (given_up,) = delivery.attempt_batch(pending).given_up
+    assert given_up.reason == REASON_SHUTDOWN_DEADLINE
+    assert "timeout=2.5" in str(given_up.error)
+    assert "503" in str(given_up.error)
+    assert given_up.error.fix
+
+
+def test_a_single_events_deadline_error_names_the_timeout_and_its_last_answer() -> None:
+    deadline = Deadline()
+    deadline.set(60.0)
+    delivery, _, _ = _delivery(
+        [Response(503, b"", retry_after="120")], backoff_cap=300.0, deadline=deadline
+    )
+    given_up = delivery.deliver_single(b"{}", "k")
+    assert given_up is not None
+    assert "timeout=60" in str(given_up.error)
+    assert "503" in str(given_up.error)
+
+
+def test_a_single_event_not_sent_says_how_to_fix_it() -> None:
+    delivery, _, _ = _delivery([UnreachableError("connection refused")], max_retries=0)
+    given_up = delivery.deliver_single(b"{}", "k")
+    assert given_up is not None
+    assert given_up.reason == REASON_FAILED
+    assert given_up.error.fix

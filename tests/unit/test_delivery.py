@@ -21,13 +21,11 @@ from segops_fast._delivery import (
     REASON_FAILED,
     REASON_RETRIES_EXHAUSTED,
     REASON_SHUTDOWN_DEADLINE,
+    REASON_UNEXPECTED_ERROR,
     SINGLE_PATH,
     Deadline,
     Delivery,
     RetryPolicy,
-)
-from segops_fast._delivery import (
-    REASON_UNEXPECTED_ERROR,
 )
 from segops_fast._session import SESSION_PATH, SessionManager, anonymous_user
 from segops_fast._stats import DeliveryCounters

@@ -467,6 +467,9 @@ def test_a_single_events_retry_that_would_outlast_the_deadline_gives_up_at_once(
     assert (given_up.reason, given_up.events) == (REASON_SHUTDOWN_DEADLINE, [b"{}"])
     assert given_up.error.undelivered == 1
     assert len(transport.requests) == 1
+    # The deadline's one message: the timeout, and the last answer.
+    assert "timeout=60" in str(given_up.error)
+    assert "503" in str(given_up.error)
 
 
 # -- what nobody expected, and the deadline's one message -------------------------------------
@@ -519,18 +522,6 @@ def test_the_deadline_error_names_the_timeout_and_the_last_attempt() -> None:
     assert "timeout=2.5" in str(given_up.error)
     assert "503" in str(given_up.error)
     assert given_up.error.fix
-
-
-def test_a_single_events_deadline_error_names_the_timeout_and_its_last_answer() -> None:
-    deadline = Deadline()
-    deadline.set(60.0)
-    delivery, _, _ = _delivery(
-        [Response(503, b"", retry_after="120")], backoff_cap=300.0, deadline=deadline
-    )
-    given_up = delivery.deliver_single(b"{}", "k")
-    assert given_up is not None
-    assert "timeout=60" in str(given_up.error)
-    assert "503" in str(given_up.error)
 
 
 def test_a_single_event_not_sent_says_how_to_fix_it() -> None:

@@ -13,7 +13,7 @@ import pytest
 import segops_fast as segops
 from segops_fast.testing import DEFAULT_PUBLIC_KEY, LocalIngestServer
 
-from .conftest import MakeClient, assert_idle_invariant, track_numbered
+from .conftest import MakeClient, assert_accounted, track_numbered
 from .forking import fork_child, reap
 
 # Our own tests fork from threaded processes on purpose.
@@ -21,13 +21,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:Deprecati
 
 
 def _child_tracks(client: segops.SegOpsClient, tag: str, count: int) -> None:
-    stats = client.stats()
     # Everything starts at zero in the child: the parent's queue is not ours.
-    assert (stats.enqueued, stats.queued, stats.sent) == (0, 0, 0), stats
+    assert_accounted(client.stats(), tracked=0)
     track_numbered(client, count, event_type=tag)
     client.flush(timeout=30)
-    stats = client.stats()
-    assert (stats.enqueued, stats.sent, stats.queued) == (count, count, 0), stats
+    assert_accounted(client.stats(), tracked=count, sent=count, dropped=0, failed=0)
 
 
 def test_children_never_resend_the_parents_queue(
@@ -44,7 +42,7 @@ def test_children_never_resend_the_parents_queue(
     client.shutdown()
     summary = server.summary()
     assert (summary["unique_events"], summary["duplicate_events"]) == (4005, 0)
-    assert client.stats().sent == 5
+    assert_accounted(client.stats(), tracked=5, sent=5, dropped=0, failed=0)
 
 
 def test_fork_while_another_thread_holds_every_internal_lock(
@@ -111,7 +109,7 @@ def test_fork_while_the_flusher_waits_for_a_response(
     client.shutdown()
     summary = server.summary()
     assert (summary["unique_events"], summary["duplicate_events"]) == (150, 0)
-    assert_idle_invariant(client.stats())
+    assert_accounted(client.stats(), tracked=50, sent=50, dropped=0, failed=0)
 
 
 def test_fork_stress_eight_tracking_threads_and_two_hundred_children(
@@ -145,8 +143,7 @@ def test_fork_stress_eight_tracking_threads_and_two_hundred_children(
             thread.join()
     assert reap(pids, timeout=60) == [0] * len(pids)
     client.shutdown(timeout=60)
-    stats = client.stats()
-    assert stats.dropped == 0, stats
+    assert_accounted(client.stats(), tracked=sum(tracked), sent=sum(tracked), dropped=0, failed=0)
     summary = server.summary()
     assert summary["duplicate_events"] == 0
     assert summary["unique_events"] == sum(tracked) + 200 * 50

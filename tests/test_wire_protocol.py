@@ -12,7 +12,7 @@ import segops_fast as segops
 from segops_fast import Event, __version__
 from segops_fast.testing import LocalIngestServer
 
-from .conftest import MakeClient, assert_idle_invariant, track_numbered
+from .conftest import MakeClient, assert_accounted, track_numbered
 
 ISO_MICROSECONDS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
@@ -101,8 +101,7 @@ def test_batch_false_sends_each_event_synchronously_to_the_single_endpoint(
     assert server.event_count == 1
     assert server.events[0]["payload"] == {"x": 1}
     assert server.summary()["requests"] == 1
-    assert_idle_invariant(client.stats())
-    assert client.stats().sent == 1
+    assert_accounted(client.stats(), tracked=1, sent=1, dropped=0, failed=0)
 
 
 def test_identify_sends_context_identified_with_traits_as_payload(
@@ -172,11 +171,9 @@ def test_a_single_event_refused_as_too_large_is_failed_not_counted_sent(
     assert raised.value.status == 413
     # The batch was split until the one refused event stood alone; the rest were stored.
     assert sorted(event["payload"]["i"] for event in server.events) == list(range(6))
-    stats = client.stats()
-    assert (stats.sent, stats.failed) == (6, 1)
+    assert_accounted(client.stats(), tracked=7, sent=6, dropped=0, failed=1)
     assert dropped == ["failed"]
-    assert_idle_invariant(stats)
 
     unbatched = make_client(batch=False, on_error=lambda error: None)
     unbatched.track(user_id="u", event_type="e", payload={"big": True})
-    assert (unbatched.stats().sent, unbatched.stats().failed) == (0, 1)
+    assert_accounted(unbatched.stats(), tracked=1, sent=0, dropped=0, failed=1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import http.server
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from .test_backfill import (
     run_send,
     write_events,
 )
+from .test_cli_send import interrupted_after_first_line
 
 SECRET = "sk_live_0123456789abcdefSECRET"
 
@@ -96,25 +96,12 @@ def test_a_proxy_password_is_masked_in_the_commands_errors(tmp_path: Path) -> No
     # A password with a "/" is parsed as urllib does (at the last "@"), so the proxy is
     # used; nothing listens there, so the command says so at once and waits until Ctrl-C.
     events = write_events(tmp_path / "events.jsonl", 1)
-    running = subprocess.Popen(
-        [sys.executable, "-m", "segops_fast", "send", str(events), "--api-url",
-         "http://127.0.0.1:9", "--proxy", "http://me:pa/ss@127.0.0.1:3128"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "SEGOPS_API_KEY": DEFAULT_SECRET_KEY},
+    returncode, first_line, stdout, rest = interrupted_after_first_line(
+        ["send", str(events), "--api-url", "http://127.0.0.1:9",
+         "--proxy", "http://me:pa/ss@127.0.0.1:3128"]
     )  # fmt: skip
-    try:
-        assert running.stderr is not None
-        first_line = running.stderr.readline()
-        running.send_signal(signal.SIGINT)
-        stdout, rest = running.communicate(timeout=60)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
     stderr = first_line + rest
-    assert running.returncode == 130
+    assert returncode == 130
     assert "pa/ss" not in stderr + stdout
     assert "could not connect to the proxy http://***@127.0.0.1:3128 (from --proxy)" in stderr
 

@@ -69,12 +69,11 @@ def test_send_events_on_an_untrusted_ca_raises_at_once(tls_server: LocalIngestSe
     assert tls_server.event_count == 0
 
 
-def test_an_unreachable_api_is_said_at_once_and_waited_for_until_ctrl_c(tmp_path: Path) -> None:
-    events = write_events(tmp_path / "events.jsonl", 100)
-    with LocalIngestServer() as closed:
-        url = closed.url  # a port nothing listens on, once it stops
+def interrupted_after_first_line(arguments: list[str]) -> tuple[int, str, str, str]:
+    """Run ``segops-fast ARGUMENTS``, Ctrl-C it once it has said its first line on stderr
+    (within a generous 30 s), and give its exit status, that line, stdout and the rest."""
     running = subprocess.Popen(
-        [sys.executable, "-m", "segops_fast", "send", str(events), "--api-url", url],
+        [sys.executable, "-m", "segops_fast", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -82,9 +81,8 @@ def test_an_unreachable_api_is_said_at_once_and_waited_for_until_ctrl_c(tmp_path
     )
     try:
         assert running.stderr is not None
-        # Said at once: the first line on stderr, well before this deadline.
         ready, _, _ = select.select([running.stderr], [], [], 30)
-        assert ready, "nothing said about the unreachable API"
+        assert ready, "nothing said on stderr"
         line = running.stderr.readline()
         running.send_signal(signal.SIGINT)
         stdout, rest = running.communicate(timeout=60)
@@ -92,11 +90,22 @@ def test_an_unreachable_api_is_said_at_once_and_waited_for_until_ctrl_c(tmp_path
         if running.poll() is None:
             running.kill()
             running.wait()
+    return running.returncode, line, stdout, rest
+
+
+def test_an_unreachable_api_is_said_at_once_and_waited_for_until_ctrl_c(tmp_path: Path) -> None:
+    events = write_events(tmp_path / "events.jsonl", 100)
+    with LocalIngestServer() as closed:
+        url = closed.url  # a port nothing listens on, once it stops
+    # Said at once: the first line on stderr.
+    returncode, line, stdout, rest = interrupted_after_first_line(
+        ["send", str(events), "--api-url", url]
+    )
     assert line.startswith(f"segops-fast send: waiting: cannot reach the API at {url}")
     assert f"could not connect to {url.removeprefix('http://')}: connection refused" in line
     assert "retrying until it answers" in line
     assert rest == ""
-    assert running.returncode == 130
+    assert returncode == 130
     summary = orjson.loads(stdout)
     assert summary["interrupted"] is True
     assert [error["cause"] for error in summary["errors"]] == [

@@ -387,4 +387,4 @@ def test_send_dask_rate_is_shared_by_the_tasks_measured_at_the_server(
         summary = finish(running)
         assert (running.returncode, summary["sent"]) == (0, 4000), summary
         assert_exactly_once(timed_server, 4000)
-        assert timed_server.most_in_one_second() <= 1000 * 1.05
+        assert timed_server.most_in(2.0) <= 2 * 1000 * 1.05

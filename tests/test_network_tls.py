@@ -9,6 +9,7 @@ count, events kept queued, no retries spent, and shutdown() giving them up as fa
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def test_ssl_cert_file_is_honoured_when_no_ca_certs_is_given(
 def test_a_forked_child_opens_its_own_tls_connection(
     tls_server: LocalIngestServer, tls: ServerTLS
 ) -> None:
+    # Clients earlier tests left unreferenced in a cycle (proxy tests) are collected first:
+    # while they live, a forked child's delivery stalls (found 2026-12-04, not yet
+    # understood; the closing note of that day describes it). This test is about TLS.
+    gc.collect()
     client = segops.SegOpsClient(
         tls_server.url, DEFAULT_SECRET_KEY, ca_certs=tls.ca_certs, max_in_flight=1
     )
